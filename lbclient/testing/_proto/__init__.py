@@ -1,0 +1,1 @@
+"""Generated Echo protobuf/grpc modules. Do not edit; run scripts/gen_protos.sh."""

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Regenerate the Echo proto modules of lbclient.testing.
+#
+# Usage (from anywhere):   scripts/gen_protos.sh
+# Interpreter:             $PYTHON, else .venv/bin/python, else python3 (needs grpcio-tools)
+#
+# Reads   protos/lbclient/testing/echo.proto   (proto file name "lbclient/testing/echo.proto")
+# Writes  lbclient/testing/_proto/{__init__.py,echo_pb2.py,echo_pb2.pyi,echo_pb2_grpc.py}
+#
+# protoc would place the output in lbclient/testing/ and make echo_pb2_grpc.py import
+# "from lbclient.testing import echo_pb2"; we generate into a scratch directory, move the
+# files into the _proto package and rewrite that import to the package-relative
+# "from . import echo_pb2". The output is deterministic: running the script twice leaves
+# `git diff` empty.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+
+OUT=lbclient/testing/_proto
+TMP="$(mktemp -d)"
+trap 'rm -rf "$TMP"' EXIT
+
+"$PYTHON" -m grpc_tools.protoc -Iprotos \
+    --python_out="$TMP" --pyi_out="$TMP" --grpc_python_out="$TMP" \
+    protos/lbclient/testing/echo.proto
+
+GEN="$TMP/lbclient/testing"
+mkdir -p "$OUT"
+sed -e 's/^from lbclient\.testing import echo_pb2 as /from . import echo_pb2 as /' \
+    -e 's|lbclient/testing/echo_pb2_grpc\.py|lbclient/testing/_proto/echo_pb2_grpc.py|' \
+    "$GEN/echo_pb2_grpc.py" >"$OUT/echo_pb2_grpc.py"
+if grep -q '^from lbclient\.testing import' "$OUT/echo_pb2_grpc.py"; then
+    echo "gen_protos.sh: failed to rewrite the echo_pb2 import" >&2
+    exit 1
+fi
+cp "$GEN/echo_pb2.py" "$GEN/echo_pb2.pyi" "$OUT/"
+cat >"$OUT/__init__.py" <<'PY'
+"""Generated Echo protobuf/grpc modules. Do not edit; run scripts/gen_protos.sh."""
+PY
+echo "generated $OUT/{echo_pb2.py,echo_pb2.pyi,echo_pb2_grpc.py}"
