@@ -1,0 +1,214 @@
+"""Placing one RPC attempt on a picked endpoint and reporting how it ended.
+
+Contract: for every placed attempt, ``EndpointStats.begin()`` runs before the call starts
+and ``EndpointStats.end()`` plus the pick's ``on_done`` run exactly once when it ends
+(unary: before returning/raising; futures and streams: from grpc's completion callback,
+so cancellation, deadlines and abandoned streams are included).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from ._rpc_error import LocalRpcError
+from .balancer.balancer import Balancer
+from .balancer.picker import CallOutcome, PickError, PickInfo, PickResult
+
+log = logging.getLogger("lbclient.channel")
+
+# Status codes that speak of the server rather than the request: what lbclient counts as
+# an endpoint failure by default (gRPC's outlier detection counts every non-OK status).
+SERVER_FAILURE_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN",
+                                  "RESOURCE_EXHAUSTED", "DATA_LOSS"})
+
+# How many times a call is re-picked when its endpoint was closed between pick and start.
+_REPICKS = 3
+
+
+class CallArgs:
+    """What a multicallable knows about its method."""
+
+    __slots__ = ("kind", "method", "ser", "deser", "registered")
+
+    def __init__(self, kind: str, method: str, ser: Any, deser: Any, registered: bool) -> None:
+        self.kind, self.method, self.ser, self.deser = kind, method, ser, deser
+        self.registered = registered
+
+
+def remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
+
+
+class Completion:
+    """Ends one attempt exactly once (thread-safe; extra calls are ignored)."""
+
+    __slots__ = ("_result", "_t0", "_done", "_lock", "failure_codes", "listener")
+
+    def endpoint_closed(self) -> bool:
+        return bool(getattr(self._result.candidate.handle, "closed", False))
+
+    def __init__(self, result: PickResult, failure_codes: frozenset[str],
+                 listener: Callable[[str, CallOutcome], None] | None = None) -> None:
+        self._result = result
+        self._t0 = time.perf_counter()
+        self._done = False
+        self._lock = threading.Lock()
+        self.failure_codes = failure_codes
+        self.listener = listener
+        result.candidate.stats.begin()
+
+    def finish(self, code: grpc.StatusCode, call: Any = None) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        trailing = initial = ()
+        if call is not None:
+            try:
+                trailing = call.trailing_metadata() or ()
+                initial = call.initial_metadata() or ()
+            except Exception:  # a call that never started has no metadata
+                pass
+        outcome = CallOutcome(code.name, time.perf_counter() - self._t0, trailing, initial)
+        result = self._result
+        result.candidate.stats.end(outcome, code.name in self.failure_codes)
+        if result.on_done is not None:
+            try:
+                result.on_done(outcome)
+            except Exception:
+                log.exception("on_done callback of the picker failed")
+        if self.listener is not None:
+            try:
+                self.listener(result.candidate.address, outcome)
+            except Exception:
+                log.exception("call listener failed")
+
+
+class Invoker:
+    """Picks endpoints for calls and starts attempts on their connections."""
+
+    def __init__(self, balancer: Balancer) -> None:
+        self.balancer = balancer
+        self.closed = False
+        self.failure_codes = SERVER_FAILURE_CODES
+        self.call_listener: Callable[[str, CallOutcome], None] | None = None
+
+    def pick(self, method: str, metadata: Any, deadline: float | None,
+             wait_for_ready: bool, exclude: frozenset[str] = frozenset()) -> PickResult:
+        """Ask the current picker; with ``wait_for_ready`` wait (within the deadline) for a
+        picker that can place the call, else fail at once with UNAVAILABLE."""
+        if self.closed:
+            raise LocalRpcError(grpc.StatusCode.CANCELLED, "lbclient channel is closed")
+        info = PickInfo(method, metadata or (), exclude)
+        bal = self.balancer
+        generation = bal.generation
+        try:
+            return bal.picker.pick(info)
+        except PickError as exc:
+            if not wait_for_ready:
+                raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+            reason = str(exc)
+        bal.request_connections()
+        while True:
+            left = remaining(deadline)
+            if left is not None and left <= 0:
+                raise LocalRpcError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    f"deadline exceeded while waiting for an endpoint ({reason})")
+            generation = bal.wait_for_change(generation, 1.0 if left is None else min(left, 1.0))
+            if self.closed:
+                raise LocalRpcError(grpc.StatusCode.CANCELLED, "lbclient channel is closed")
+            try:
+                return bal.picker.pick(info)
+            except PickError as exc:
+                reason = str(exc)
+
+    def place(self, args: CallArgs, metadata: Any, deadline: float | None,
+              wait_for_ready: bool, exclude: frozenset[str] = frozenset(),
+              ) -> tuple[Any, Completion]:
+        """Pick an endpoint and return its multicallable for this method plus the
+        attempt's :class:`Completion` (begun, not finished: the caller must finish it)."""
+        result = self.pick(args.method, metadata, deadline, wait_for_ready, exclude)
+        sub = result.candidate.handle
+        mc = sub.callable(args.kind, args.method, args.ser, args.deser, args.registered)
+        return mc, Completion(result, self.failure_codes, self.call_listener)
+
+    def run(self, args: CallArgs, metadata: Any, deadline: float | None,
+            wait_for_ready: bool, exclude: frozenset[str],
+            call: Callable[[Any, float | None], tuple[Any, Any]]) -> tuple[Any, Any]:
+        """One blocking attempt: ``call(multicallable, timeout) -> (response, grpc.Call)``.
+        Re-picks (bounded) when the endpoint was closed between pick and start, which
+        grpc reports as ValueError."""
+        for attempt in range(_REPICKS):
+            mc, done = self.place(args, metadata, deadline, wait_for_ready, exclude)
+            try:
+                response, rpc = call(mc, remaining(deadline))
+            except grpc.RpcError as exc:
+                done.finish(status_of(exc), exc)
+                raise
+            except ValueError:
+                done.finish(grpc.StatusCode.CANCELLED)
+                if attempt == _REPICKS - 1 or not done.endpoint_closed():
+                    raise
+                continue
+            except BaseException:
+                done.finish(grpc.StatusCode.CANCELLED)
+                raise
+            done.finish(grpc.StatusCode.OK, rpc)
+            return response, rpc
+        raise AssertionError("unreachable")
+
+    def start_async(self, args: CallArgs, metadata: Any, deadline: float | None,
+                    wait_for_ready: bool, exclude: frozenset[str],
+                    call: Callable[[Any, float | None], Any]) -> Any:
+        """Start a future or a response stream: ``call(multicallable, timeout)`` returns a
+        grpc rendezvous; the attempt finishes from grpc's completion callback."""
+        for attempt in range(_REPICKS):
+            mc, done = self.place(args, metadata, deadline, wait_for_ready, exclude)
+            try:
+                rpc = call(mc, remaining(deadline))
+            except ValueError:
+                done.finish(grpc.StatusCode.CANCELLED)
+                if attempt == _REPICKS - 1 or not done.endpoint_closed():
+                    raise
+                continue
+            except BaseException:
+                done.finish(grpc.StatusCode.CANCELLED)
+                raise
+            finish_when_done(rpc, done)
+            return rpc
+        raise AssertionError("unreachable")
+
+
+def status_of(call: Any) -> grpc.StatusCode:
+    try:
+        code = call.code()
+    except Exception:
+        code = None
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+def finish_when_done(rpc: Any, done: Completion) -> None:
+    """Finish ``done`` when the grpc call/future ``rpc`` terminates (at once if it has)."""
+
+    def on_terminated() -> None:
+        try:
+            done.finish(status_of(rpc), rpc)
+        except Exception:  # never raise into grpc's callback thread
+            log.exception("finishing a call failed")
+
+    if not rpc.add_callback(on_terminated):
+        on_terminated()
+
+
+def deadline_from(timeout: float | None, default: float | None) -> float | None:
+    """The call's deadline: the caller's timeout, or the method config's default, the
+    shorter of the two when both are given."""
+    if default is not None and (timeout is None or default < timeout):
+        timeout = default
+    return None if timeout is None else time.monotonic() + timeout

@@ -1,0 +1,189 @@
+"""The picker contract (no grpc, no I/O).
+
+A :class:`Picker` is an immutable snapshot published by the balancer. ``pick()`` runs
+concurrently on caller threads: it must not block, take long locks or do I/O. State that
+outlives a picker (in-flight counts, latency EWMA, session tables) lives in
+:class:`EndpointStats` or in the policy object, and each picker holds it by reference.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..endpoint import Endpoint
+from ..errors import LbclientError
+
+Metadata = Sequence[tuple[str, str | bytes]]
+
+
+class PickError(LbclientError):
+    """No endpoint can take this call. The channel turns it into UNAVAILABLE with
+    ``str(error)`` as the details (e.g. "no ready endpoints: 2 connecting, 1 failed")."""
+
+
+@dataclass(frozen=True, slots=True)
+class PickInfo:
+    """What a picker may look at: the full method name, the call's metadata, and the
+    addresses already tried by earlier attempts of the same call (to be avoided when
+    another eligible endpoint exists)."""
+
+    method: str
+    metadata: Metadata = ()
+    exclude: frozenset[str] = frozenset()
+
+    def header(self, key: str) -> str | None:
+        """The first value of a metadata key (case-insensitive), or None."""
+        key = key.lower()
+        for k, v in self.metadata:
+            if k.lower() == key:
+                return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """How one RPC attempt ended. ``code`` is the gRPC status code name ("OK",
+    "UNAVAILABLE", "CANCELLED", ...); ``latency`` is seconds from pick to end."""
+
+    code: str
+    latency: float
+    trailing_metadata: Metadata = ()
+    initial_metadata: Metadata = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.code == "OK"
+
+
+class EndpointStats:
+    """Per-endpoint counters shared by every picker and the channel (thread-safe).
+
+    The channel calls :meth:`begin` when a call is placed on the endpoint and :meth:`end`
+    exactly once when it finishes; so ``in_flight`` is exact and returns to 0.
+    ``latency_ewma`` is an exponentially weighted mean of call latency in seconds
+    (None until the first call); ``peak_ewma`` is the peak-sensitive variant (jumps up
+    at once, decays over ``decay_time``) used by latency-aware policies.
+    """
+
+    __slots__ = ("_lock", "in_flight", "picks", "calls", "failures", "latency_ewma",
+                 "peak_ewma", "_peak_stamp", "decay_time", "clock", "_idle_callback",
+                 "_on_end", "__weakref__")
+
+    def __init__(self, clock: Callable[[], float], decay_time: float = 10.0) -> None:
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self.picks = 0
+        self.calls = 0
+        self.failures = 0
+        self.latency_ewma: float | None = None
+        self.peak_ewma: float | None = None
+        self._peak_stamp = 0.0
+        self.decay_time = decay_time
+        self.clock = clock
+        self._idle_callback: Callable[[], None] | None = None
+        self._on_end: list[Callable[[CallOutcome], None]] = []
+
+    def begin(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.picks += 1
+
+    def end(self, outcome: CallOutcome, failure: bool) -> None:
+        """Record a finished call. ``failure`` is the caller's classification."""
+        now = self.clock()
+        with self._lock:
+            self.in_flight -= 1
+            self.calls += 1
+            if failure:
+                self.failures += 1
+            lat = max(outcome.latency, 0.0)
+            self.latency_ewma = lat if self.latency_ewma is None else (
+                0.8 * self.latency_ewma + 0.2 * lat)
+            if self.peak_ewma is None or lat > self.peak_ewma:
+                self.peak_ewma = lat
+            else:
+                w = math.exp(-max(now - self._peak_stamp, 0.0) / self.decay_time)
+                self.peak_ewma = self.peak_ewma * w + lat * (1.0 - w)
+            self._peak_stamp = now
+            idle = self._idle_callback if self.in_flight == 0 else None
+            if idle is not None:
+                self._idle_callback = None
+            listeners = tuple(self._on_end)
+        for fn in listeners:
+            fn(outcome)
+        if idle is not None:
+            idle()
+
+    def when_idle(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once no call is in flight (now, if none is)."""
+        with self._lock:
+            if self.in_flight > 0:
+                self._idle_callback = callback
+                return
+        callback()
+
+    def add_end_listener(self, fn: Callable[[CallOutcome], None]) -> None:
+        """``fn(outcome)`` after every call that ends on this endpoint (any thread)."""
+        with self._lock:
+            self._on_end.append(fn)
+
+
+class Candidate:
+    """An endpoint a picker may choose, as of one picker snapshot.
+
+    ``weight`` is the effective weight (discovery weight, policy overrides and slow start
+    applied). ``handle`` is opaque to policies: the channel's connection for the endpoint.
+    """
+
+    __slots__ = ("endpoint", "address", "weight", "stats", "handle")
+
+    def __init__(self, endpoint: Endpoint, weight: float, stats: EndpointStats,
+                 handle: Any) -> None:
+        self.endpoint = endpoint
+        self.address = endpoint.address
+        self.weight = weight
+        self.stats = stats
+        self.handle = handle
+
+    def with_weight(self, weight: float) -> Candidate:
+        return Candidate(self.endpoint, weight, self.stats, self.handle)
+
+    def __repr__(self) -> str:
+        return f"Candidate({self.address!r}, weight={self.weight:g})"
+
+
+@dataclass(frozen=True, slots=True)
+class PickResult:
+    """The chosen endpoint, and an optional callback fired exactly once when the RPC
+    ends (success, error, cancellation, deadline; streams included)."""
+
+    candidate: Candidate
+    on_done: Callable[[CallOutcome], None] | None = None
+
+
+class Picker(Protocol):
+    def pick(self, info: PickInfo) -> PickResult: ...
+
+
+class FailingPicker:
+    """Raises :class:`PickError` with a fixed reason; published when nothing is eligible."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def pick(self, info: PickInfo) -> PickResult:
+        raise PickError(self.reason)
+
+
+def prefer_untried(candidates: Sequence[Candidate], info: PickInfo) -> Sequence[Candidate]:
+    """The candidates not in ``info.exclude``, or all of them if that would leave none."""
+    if not info.exclude:
+        return candidates
+    rest = [c for c in candidates if c.address not in info.exclude]
+    return rest or candidates

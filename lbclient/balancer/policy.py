@@ -1,0 +1,125 @@
+"""The policy contract and registry (no grpc, no threads, no I/O).
+
+A policy module provides ``NAME``, a frozen ``Config``, ``parse_config(raw, path)`` (fills
+defaults, rejects bad values with the JSON path and the rule) and a :class:`Policy`
+subclass, and registers a :class:`PolicySpec`. The balancer creates one policy object per
+channel and calls ``build_picker`` every time the eligible endpoints change; state that
+must survive picker rebuilds lives on the policy object.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .picker import Candidate, Picker
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Scheduler(Protocol):
+    """Timers, backed by a thread (sync channel) or the event loop (asyncio channel).
+    Callbacks run on the scheduler's thread/loop and must not block."""
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> Cancellable: ...
+
+
+@dataclass
+class PolicyContext:
+    """What a policy may use besides its config. Time and randomness are arguments so
+    tests can drive policies without sleeping.
+
+    ``request_rebuild()`` asks the balancer for a fresh ``build_picker`` call (e.g. when
+    weights learnt from load reports change). ``create_child(lb_config_list, path)``
+    builds a child policy from a ``loadBalancingConfig``-style list (wrapper policies).
+    """
+
+    clock: Callable[[], float]
+    rng: random.Random
+    scheduler: Scheduler | None = None
+    request_rebuild: Callable[[], None] = lambda: None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def create_child(self, spec: PolicySpec, config: Any) -> Policy:
+        return spec.create(config, self)
+
+
+class Policy(ABC):
+    """A load-balancing algorithm bound to one channel."""
+
+    def __init__(self, config: Any, ctx: PolicyContext) -> None:
+        self.config = config
+        self.ctx = ctx
+
+    @abstractmethod
+    def build_picker(self, candidates: Sequence[Candidate]) -> Picker:
+        """A new immutable picker over ``candidates`` (never empty; every one eligible).
+        Called with the balancer's lock held: must be quick and must not call back into
+        the balancer."""
+
+    def endpoint_weight(self, candidate: Candidate) -> float:
+        """The weight this policy wants for ``candidate`` (before slow start)."""
+        return candidate.weight
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release timers; called once when the channel closes or the policy changes."""
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """How to parse and build one named policy."""
+
+    name: str
+    parse_config: Callable[[Any, str], Any]
+    create: Callable[[Any, PolicyContext], Policy]
+    weight_aware: bool = False
+
+
+_registry: dict[str, PolicySpec] = {}
+_lock = threading.Lock()
+_loaded = False
+
+# Built-in policy modules; importing one registers its PolicySpec(s).
+BUILTIN_MODULES = (
+    "round_robin", "pick_first", "weighted_round_robin", "least_connections",
+    "least_request", "random_policy", "ring_hash", "maglev", "sticky", "peak_ewma",
+    "outlier_detection", "priority", "weighted_target",
+)
+
+
+def register_policy(spec: PolicySpec, *aliases: str) -> None:
+    """Register a policy under its name (and aliases); a later registration replaces an
+    earlier one, so users can override built-ins."""
+    with _lock:
+        for name in (spec.name, *aliases):
+            _registry[name] = spec
+
+
+def _load_builtins() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for mod in BUILTIN_MODULES:
+        try:
+            importlib.import_module(f"lbclient.policies.{mod}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"lbclient.policies.{mod}":
+                raise
+    _loaded = True
+
+
+def get_policy(name: str) -> PolicySpec | None:
+    _load_builtins()
+    return _registry.get(name)
+
+
+def registered_policies() -> list[str]:
+    _load_builtins()
+    return sorted(_registry)

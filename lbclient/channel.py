@@ -1,0 +1,239 @@
+"""``LoadBalancedChannel``: a ``grpc.Channel`` that balances every call over endpoints.
+
+Flow: target -> resolver -> ``ResolverState`` -> balancer (one grpc channel per endpoint,
+connectivity, health, ejection) -> immutable picker -> the multicallables in ``_calls``.
+Threading: resolver, connectivity and timer events arrive on their own threads and are
+applied by the balancer one at a time; calls only read the published picker.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import grpc
+
+from ._calls import StreamStream, StreamUnary, UnaryStream, UnaryUnary
+from ._invoke import Invoker
+from ._scheduler import ThreadScheduler
+from ._subchannel import TO_GRPC, SubchannelFactory
+from .balancer.balancer import Balancer, EndpointInfo
+from .config import ServiceConfig, parse_service_config
+from .errors import ServiceConfigError
+from .method_config import MethodConfig, MethodConfigTable
+from .resolver.base import ResolverState, create_resolver, parse_target, validate_target
+
+log = logging.getLogger("lbclient.channel")
+
+ServiceConfigInput = str | bytes | Mapping[str, Any] | None
+
+
+class LoadBalancedChannel(grpc.Channel):
+    """A client-side load-balanced channel. Use :func:`lbclient.insecure_channel` or
+    :func:`lbclient.secure_channel` to make one.
+
+    ``service_config`` given here wins over one delivered by the resolver; without
+    either, the policy is ``round_robin`` (grpcio defaults to ``pick_first``).
+    """
+
+    def __init__(self, target: str, credentials: grpc.ChannelCredentials | None = None,
+                 service_config: ServiceConfigInput = None,
+                 options: Sequence[tuple[str, Any]] | None = None, *,
+                 resolver_options: Mapping[str, Any] | None = None,
+                 rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._target = parse_target(target)
+        validate_target(self._target)
+        self._user_config = (parse_service_config(service_config)
+                             if service_config is not None else None)
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._scheduler = ThreadScheduler(clock=clock)
+        self._clock = clock
+        self._balancer = Balancer(
+            SubchannelFactory(credentials, _subchannel_options(options)), clock=clock,
+            rng=rng or random.Random(), scheduler=self._scheduler,
+            on_endpoint_failure=self._on_endpoint_failure)
+        self._invoker = Invoker(self._balancer)
+        self._retrier: Any = None
+        self._methods = MethodConfigTable(())
+        self._config: ServiceConfig | None = None
+        self._subscribers: list[list[Any]] = []      # [callback, last delivered state]
+        self._subscribers_lock = threading.Lock()
+        self._balancer.add_listener(self._on_balancer_change)
+        self._apply_config(self._user_config or parse_service_config(None))
+        self._resolver = create_resolver(self._target, self, resolver_options)
+        self._resolver.start()
+
+    # ------------------------------------------------------------ configuration
+    def _apply_config(self, config: ServiceConfig) -> None:
+        if self._config is not None and config.raw == self._config.raw:
+            return
+        self._config = config
+        self._methods = MethodConfigTable(config.method_configs)
+        self._balancer.set_policy(config.lb.spec, config.lb.config)
+        log.info("service config applied: policy %s", config.lb.name)
+
+    def _method_config(self, method: str) -> MethodConfig | None:
+        return self._methods.lookup(method) if self._methods else None
+
+    @property
+    def service_config(self) -> ServiceConfig | None:
+        return self._config
+
+    # ------------------------------------------------------------ resolver listener
+    def on_resolved(self, state: ResolverState) -> None:
+        if self._closed:
+            return
+        if self._user_config is None and state.service_config is not None:
+            try:
+                self._apply_config(parse_service_config(state.service_config))
+            except ServiceConfigError as exc:
+                # gRPC keeps the previous config when the resolver sends a bad one.
+                log.warning("ignoring the resolver's service config: %s", exc)
+        if not state.endpoints and not state.authoritative:
+            self.on_resolver_error(ValueError("resolver returned no endpoints"))
+            return
+        self._balancer.update_endpoints(state.endpoints)
+
+    def on_resolver_error(self, error: Exception) -> None:
+        if self._closed:
+            return
+        log.warning("resolver error for %s: %s (keeping %d endpoints)", self._target.raw,
+                    error, len(self._balancer.records()))
+        self._balancer.resolver_error(str(error))
+
+    def _on_endpoint_failure(self, address: str) -> None:
+        resolver = getattr(self, "_resolver", None)
+        if resolver is not None and not self._closed:
+            resolver.resolve_now()
+
+    # ------------------------------------------------------------ grpc.Channel
+    def unary_unary(self, method: str, request_serializer: Any = None,
+                    response_deserializer: Any = None,
+                    _registered_method: bool | None = False) -> UnaryUnary:
+        return UnaryUnary(self, "unary_unary", method, request_serializer,
+                          response_deserializer, bool(_registered_method))
+
+    def unary_stream(self, method: str, request_serializer: Any = None,
+                     response_deserializer: Any = None,
+                     _registered_method: bool | None = False) -> UnaryStream:
+        return UnaryStream(self, "unary_stream", method, request_serializer,
+                           response_deserializer, bool(_registered_method))
+
+    def stream_unary(self, method: str, request_serializer: Any = None,
+                     response_deserializer: Any = None,
+                     _registered_method: bool | None = False) -> StreamUnary:
+        return StreamUnary(self, "stream_unary", method, request_serializer,
+                           response_deserializer, bool(_registered_method))
+
+    def stream_stream(self, method: str, request_serializer: Any = None,
+                      response_deserializer: Any = None,
+                      _registered_method: bool | None = False) -> StreamStream:
+        return StreamStream(self, "stream_stream", method, request_serializer,
+                            response_deserializer, bool(_registered_method))
+
+    def subscribe(self, callback: Callable[[grpc.ChannelConnectivity], None],
+                  try_to_connect: bool = False) -> None:
+        """``callback`` gets the aggregate connectivity now and on every change: READY
+        if any endpoint is READY, else CONNECTING, IDLE or TRANSIENT_FAILURE."""
+        entry = [callback, None]
+        with self._subscribers_lock:
+            self._subscribers.append(entry)
+        if try_to_connect:
+            self._balancer.request_connections()
+        self._deliver_state()
+
+    def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
+        with self._subscribers_lock:
+            for entry in self._subscribers:
+                if entry[0] is callback:
+                    self._subscribers.remove(entry)
+                    break
+
+    def _on_balancer_change(self) -> None:
+        if self._subscribers:
+            self._deliver_state()
+
+    def _deliver_state(self) -> None:
+        state = TO_GRPC[self._balancer.state]
+        with self._subscribers_lock:
+            due = [e for e in self._subscribers if e[1] is not state]
+            for e in due:
+                e[1] = state
+        for entry in due:
+            try:
+                entry[0](state)
+            except Exception:
+                log.exception("connectivity callback failed")
+
+    def get_state(self) -> grpc.ChannelConnectivity:
+        return TO_GRPC[self._balancer.state]
+
+    def close(self) -> None:
+        """Close every endpoint connection, the resolver and the timers. Idempotent.
+        In-flight calls end with CANCELLED; later calls fail with CANCELLED
+        "lbclient channel is closed"."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._invoker.closed = True
+        self._resolver.close()
+        self._balancer.close()
+        self._scheduler.close()
+
+    def __enter__(self) -> LoadBalancedChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if not self._closed:
+                self.close()
+        except Exception:
+            pass
+
+    # ------------------------------------------------------------ visibility
+    def endpoints(self) -> list[EndpointInfo]:
+        """An immutable snapshot of every endpoint (address, weight, connectivity,
+        health, ejection, in-flight, calls, failures, latency EWMA)."""
+        return self._balancer.snapshot()
+
+    @property
+    def target(self) -> str:
+        return self._target.raw
+
+
+def _subchannel_options(options: Sequence[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
+    opts = list(options or [])
+    names = {k for k, _ in opts}
+    # Each endpoint connection has its own subchannel, so two channels to the same
+    # backend don't share (and don't close) each other's connection.
+    if "grpc.use_local_subchannel_pool" not in names:
+        opts.append(("grpc.use_local_subchannel_pool", 1))
+    return opts
+
+
+def insecure_channel(target: str, service_config: ServiceConfigInput = None,
+                     options: Sequence[tuple[str, Any]] | None = None,
+                     **kwargs: Any) -> LoadBalancedChannel:
+    """A load-balanced plaintext channel (grpc.insecure_channel's signature plus the
+    service config)."""
+    return LoadBalancedChannel(target, None, service_config, options, **kwargs)
+
+
+def secure_channel(target: str, credentials: grpc.ChannelCredentials,
+                   service_config: ServiceConfigInput = None,
+                   options: Sequence[tuple[str, Any]] | None = None,
+                   **kwargs: Any) -> LoadBalancedChannel:
+    """A load-balanced TLS channel: every endpoint connection uses ``credentials``."""
+    if credentials is None:
+        raise ValueError("secure_channel needs credentials; use insecure_channel for plaintext")
+    return LoadBalancedChannel(target, credentials, service_config, options, **kwargs)

@@ -1,0 +1,1 @@
+"""Built-in load-balancing policies: one module per algorithm (see balancer.policy)."""
