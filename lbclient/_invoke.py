@@ -61,7 +61,8 @@ class Completion:
         self._lock = threading.Lock()
         self.failure_codes = failure_codes
         self.listener = listener
-        result.candidate.stats.begin()
+        if not result.counted:
+            result.candidate.stats.begin()
 
     def finish(self, code: grpc.StatusCode, call: Any = None) -> None:
         with self._lock:

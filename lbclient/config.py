@@ -22,23 +22,11 @@ from ._validate import (
     join,
     parse_duration,
 )
-from .balancer.policy import PolicySpec, get_policy
+from .balancer.policy import LbChoice, get_policy, parse_lb_config_list
 from .errors import ServiceConfigError
 from .method_config import MethodConfig, RetryThrottling, parse_method_config
 
 DEFAULT_POLICY = "round_robin"
-
-
-@dataclass(frozen=True)
-class LbChoice:
-    """The policy chosen from a ``loadBalancingConfig`` list and its parsed config."""
-
-    spec: PolicySpec
-    config: Any
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
 
 
 @dataclass(frozen=True)
@@ -99,26 +87,6 @@ def _parse_lb(obj: Mapping[str, Any]) -> LbChoice:
     spec = get_policy(DEFAULT_POLICY)
     assert spec is not None
     return LbChoice(spec, spec.parse_config({}, DEFAULT_POLICY))
-
-
-def parse_lb_config_list(value: Any, path: str) -> LbChoice:
-    """The first known policy of a ``loadBalancingConfig``-style list wins; unknown
-    names are skipped (gRPC's rule); a known policy with a bad config is an error."""
-    items = expect_list(value, path)
-    names: list[str] = []
-    for i, item in enumerate(items):
-        entry = expect_object(item, join(path, i))
-        if len(entry) != 1:
-            raise ServiceConfigError(join(path, i), "each entry must have exactly one key, "
-                                     f"the policy name; got {sorted(entry)}")
-        ((name, cfg),) = entry.items()
-        names.append(name)
-        spec = get_policy(name)
-        if spec is None:
-            continue
-        return LbChoice(spec, spec.parse_config(cfg if cfg is not None else {},
-                                                join(join(path, i), name)))
-    raise ServiceConfigError(path, f"no supported policy in {json.dumps(names)}")
 
 
 def parse_health_check(value: Any, path: str) -> HealthCheckConfig:

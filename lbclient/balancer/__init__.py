@@ -11,7 +11,15 @@ from .picker import (
     PickResult,
     prefer_untried,
 )
-from .policy import Policy, PolicyContext, PolicySpec, get_policy, register_policy
+from .policy import (
+    LbChoice,
+    Policy,
+    PolicyContext,
+    PolicySpec,
+    get_policy,
+    parse_lb_config_list,
+    register_policy,
+)
 
 __all__ = [
     "CallOutcome",
@@ -25,7 +33,9 @@ __all__ = [
     "Policy",
     "PolicyContext",
     "PolicySpec",
+    "LbChoice",
     "get_policy",
+    "parse_lb_config_list",
     "prefer_untried",
     "register_policy",
 ]

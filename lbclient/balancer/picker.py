@@ -163,6 +163,10 @@ class PickResult:
 
     candidate: Candidate
     on_done: Callable[[CallOutcome], None] | None = None
+    # True when the picker already called ``candidate.stats.begin()`` itself (policies
+    # that must count the call at pick time, e.g. least connections); the channel then
+    # does not call it again. ``end()`` is always the channel's.
+    counted: bool = False
 
 
 class Picker(Protocol):

@@ -10,6 +10,7 @@ must survive picker rebuilds lives on the policy object.
 from __future__ import annotations
 
 import importlib
+import json
 import random
 import threading
 from abc import ABC, abstractmethod
@@ -17,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .._validate import expect_list, expect_object, join
+from ..errors import ServiceConfigError
 from .picker import Candidate, Picker
 
 
@@ -123,3 +126,39 @@ def get_policy(name: str) -> PolicySpec | None:
 def registered_policies() -> list[str]:
     _load_builtins()
     return sorted(_registry)
+
+
+@dataclass(frozen=True)
+class LbChoice:
+    """The policy chosen from a ``loadBalancingConfig`` list and its parsed config."""
+
+    spec: PolicySpec
+    config: Any
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def create(self, ctx: PolicyContext) -> Policy:
+        return self.spec.create(self.config, ctx)
+
+
+def parse_lb_config_list(value: Any, path: str) -> LbChoice:
+    """Parse a ``loadBalancingConfig``-style list (also a wrapper policy's
+    ``childPolicy``): the first known policy wins, unknown names are skipped (gRPC's
+    rule), a known policy with a bad config is an error, none known is an error."""
+    items = expect_list(value, path)
+    names: list[str] = []
+    for i, item in enumerate(items):
+        entry = expect_object(item, join(path, i))
+        if len(entry) != 1:
+            raise ServiceConfigError(join(path, i), "each entry must have exactly one key, "
+                                     f"the policy name; got {sorted(entry)}")
+        ((name, cfg),) = entry.items()
+        names.append(name)
+        spec = get_policy(name)
+        if spec is None:
+            continue
+        return LbChoice(spec, spec.parse_config(cfg if cfg is not None else {},
+                                                join(join(path, i), name)))
+    raise ServiceConfigError(path, f"no supported policy in {json.dumps(names)}")
