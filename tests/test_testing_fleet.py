@@ -29,7 +29,6 @@ from lbclient.testing import (
 if TYPE_CHECKING:
     from lbclient.testing.pytest_plugin import FleetFactory
 
-pytest_plugins = ["lbclient.testing.pytest_plugin"]
 
 ROOT = Path(__file__).resolve().parent.parent
 T = 5.0  # generous bound for every call / wait in this file
