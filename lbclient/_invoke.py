@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -195,11 +196,21 @@ def status_of(call: Any) -> grpc.StatusCode:
 
 
 def finish_when_done(rpc: Any, done: Completion) -> None:
-    """Finish ``done`` when the grpc call/future ``rpc`` terminates (at once if it has)."""
+    """Finish ``done`` when the grpc call/future ``rpc`` terminates (at once if it has).
+
+    The callback holds ``rpc`` only weakly: grpc keeps callbacks alive while the call is
+    in flight, and a strong reference would stop an abandoned response stream from being
+    garbage-collected (which is how grpc cancels it). A collected call ended CANCELLED.
+    """
+    ref = weakref.ref(rpc)
 
     def on_terminated() -> None:
+        live = ref()
         try:
-            done.finish(status_of(rpc), rpc)
+            if live is None:
+                done.finish(grpc.StatusCode.CANCELLED)
+            else:
+                done.finish(status_of(live), live)
         except Exception:  # never raise into grpc's callback thread
             log.exception("finishing a call failed")
 
