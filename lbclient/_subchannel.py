@@ -80,8 +80,18 @@ class Subchannel:
     def request_connection(self) -> None:
         if self._closed:
             return
-        # grpc has no public connect(): a subscription with try_to_connect=True makes its
-        # connectivity poller ask the core to connect on its next turn.
+        # grpc has no public connect(). Its core channel's check_connectivity_state(True)
+        # starts connecting synchronously; it is reached through a private attribute, so
+        # fall back to the public way (a subscription with try_to_connect=True, which its
+        # poller thread honours on its next turn) if that ever changes.
+        core = getattr(self.channel, "_channel", None)
+        check = getattr(core, "check_connectivity_state", None)
+        if check is not None:
+            try:
+                check(True)
+                return
+            except ValueError:  # closed meanwhile
+                return
         self.channel.subscribe(_noop, try_to_connect=True)
         self.channel.unsubscribe(_noop)
 

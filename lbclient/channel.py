@@ -151,7 +151,7 @@ class LoadBalancedChannel(grpc.Channel):
     def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
         with self._subscribers_lock:
             for entry in self._subscribers:
-                if entry[0] is callback:
+                if entry[0] == callback:
                     self._subscribers.remove(entry)
                     break
 
