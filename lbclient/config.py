@@ -66,7 +66,7 @@ def parse_service_config(value: str | bytes | Mapping[str, Any] | None) -> Servi
     lb = _parse_lb(obj)
     methods = tuple(
         parse_method_config(m, join("methodConfig", i))
-        for i, m in enumerate(expect_list(obj.get("methodConfig") or [], "methodConfig")))
+        for i, m in enumerate(expect_list(_or_empty(obj.get("methodConfig")), "methodConfig")))
     _check_unique_names(methods)
     hc = obj.get("healthCheckConfig")
     health = parse_health_check(hc, "healthCheckConfig") if hc is not None else None
@@ -110,6 +110,10 @@ def parse_health_check(value: Any, path: str) -> HealthCheckConfig:
         healthy_threshold=get_int(obj, "healthyThreshold", path, 2, minimum=1),
         jitter=get_number(obj, "jitter", path, 0.2, minimum=0.0, maximum=1.0),
     )
+
+
+def _or_empty(value: Any) -> Any:
+    return [] if value is None else value
 
 
 def _check_unique_names(methods: tuple[MethodConfig, ...]) -> None:

@@ -8,11 +8,10 @@ import time
 
 import grpc
 import pytest
+from helpers import wait_ready, wait_until
 
 import lbclient
 from lbclient.testing import Fleet, echo_pb2, echo_pb2_grpc
-
-from helpers import wait_ready, wait_until
 
 REQ = echo_pb2.EchoRequest(message="x")
 

@@ -11,11 +11,10 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from helpers import wait_ready
 
 import lbclient
 from lbclient.testing import Fleet, echo_pb2, echo_pb2_grpc
-
-from helpers import wait_ready
 
 
 class _CountingInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,

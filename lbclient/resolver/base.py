@@ -132,7 +132,8 @@ def parse_target(raw: str) -> Target:
     raw = raw.strip()
     _load_builtins()
     m = _SCHEME_RE.match(raw)
-    if m and m.group(1).lower() in _registry:
+    # "dns" is always a scheme (the default one), even before its resolver is installed.
+    if m and (m.group(1).lower() in _registry or m.group(1).lower() == "dns"):
         scheme, rest = m.group(1).lower(), m.group(2)
     else:
         scheme, rest = "dns", "///" + raw

@@ -1,0 +1,142 @@
+"""Service config parsing: gRPC's documented configs parse; bad ones name their path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import lbclient
+from lbclient import ServiceConfigError
+from lbclient.config import parse_service_config
+
+VALID = [
+    ({}, "round_robin"),
+    (None, "round_robin"),
+    ("", "round_robin"),
+    ({"loadBalancingConfig": [{"round_robin": {}}]}, "round_robin"),
+    ({"loadBalancingConfig": [{"pick_first": {}}]}, "pick_first"),
+    ({"loadBalancingConfig": [{"pick_first": {"shuffleAddressList": True}}]}, "pick_first"),
+    ({"loadBalancingConfig": [{"grpclb": {}}, {"xds_wrr_locality_experimental": {}},
+                              {"round_robin": {}}]}, "round_robin"),
+    ({"loadBalancingPolicy": "ROUND_ROBIN"}, "round_robin"),
+    ({"loadBalancingPolicy": "pick_first"}, "pick_first"),
+    # From gRPC's service config documentation (doc/service_config.md).
+    ({"loadBalancingConfig": [{"round_robin": {}}],
+      "methodConfig": [{"name": [{"service": "foo", "method": "bar"}, {"service": "baz"}],
+                        "timeout": "1.000000001s"}]}, "round_robin"),
+    # gRFC A6 example.
+    ({"methodConfig": [{"name": [{"service": "grpc.testing.TestService"}],
+                        "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.1s",
+                                        "maxBackoff": "1s", "backoffMultiplier": 2,
+                                        "retryableStatusCodes": ["UNAVAILABLE"]}}],
+      "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1}}, "round_robin"),
+    ({"methodConfig": [{"name": [{}], "waitForReady": True, "timeout": "2s",
+                        "hedgingPolicy": {"maxAttempts": 3, "hedgingDelay": "0.5s",
+                                          "nonFatalStatusCodes": ["UNAVAILABLE", 4]}}]},
+     "round_robin"),
+    ({"healthCheckConfig": {"serviceName": "orders"}}, "round_robin"),
+    ({"healthCheckConfig": {"serviceName": "", "mode": "poll", "interval": "2s",
+                            "timeout": "1s", "unhealthyThreshold": 3,
+                            "healthyThreshold": 2}}, "round_robin"),
+]
+
+
+@pytest.mark.parametrize(("raw", "policy"), VALID)
+def test_valid_configs_parse(raw: object, policy: str) -> None:
+    cfg = parse_service_config(raw)  # type: ignore[arg-type]
+    assert cfg.lb.name == policy
+    if isinstance(raw, dict):
+        assert parse_service_config(json.dumps(raw)).lb.name == policy
+
+
+def test_defaults_are_filled() -> None:
+    cfg = parse_service_config({
+        "healthCheckConfig": {"serviceName": "s"},
+        "methodConfig": [{"name": [{"service": "a.B"}],
+                          "retryPolicy": {"maxAttempts": 9, "initialBackoff": "0.1s",
+                                          "maxBackoff": "1s", "backoffMultiplier": 2,
+                                          "retryableStatusCodes": ["unavailable"]}}]})
+    assert cfg.health_check is not None
+    assert (cfg.health_check.mode, cfg.health_check.interval) == ("watch", 10.0)
+    rp = cfg.method_configs[0].retry_policy
+    assert rp is not None
+    assert rp.max_attempts == 5  # gRFC A6: capped at 5
+    assert rp.retryable_status_codes == frozenset({"UNAVAILABLE"})
+
+
+BAD = [
+    ("not json", "<root>", "invalid JSON"),
+    ([], "<root>", "must be a JSON object"),
+    ({"loadBalancingConfig": [{"foo": {}}, {"bar": {}}]}, "loadBalancingConfig",
+     'no supported policy in ["foo", "bar"]'),
+    ({"loadBalancingConfig": {}}, "loadBalancingConfig", "must be a JSON array"),
+    ({"loadBalancingConfig": [{"round_robin": {}, "pick_first": {}}]},
+     "loadBalancingConfig[0]", "exactly one key"),
+    ({"loadBalancingConfig": ["round_robin"]}, "loadBalancingConfig[0]",
+     "must be a JSON object"),
+    ({"loadBalancingConfig": [{"pick_first": {"shuffleAddressList": "yes"}}]},
+     "loadBalancingConfig[0].pick_first.shuffleAddressList", "must be a boolean"),
+    ({"loadBalancingConfig": [{"round_robin": {"x": 1}}]},
+     "loadBalancingConfig[0].round_robin.x", "unknown field"),
+    ({"loadBalancingPolicy": "nope"}, "loadBalancingPolicy", "unknown policy"),
+    ({"loadBalancingPolicy": 3}, "loadBalancingPolicy", "must be a string"),
+    ({"methodConfig": {}}, "methodConfig", "must be a JSON array"),
+    ({"methodConfig": [{"name": [{"method": "Get"}]}]}, "methodConfig[0].name[0].method",
+     "needs a service"),
+    ({"methodConfig": [{"name": [{}], "timeout": "soon"}]}, "methodConfig[0].timeout",
+     "duration"),
+    ({"methodConfig": [{"name": [{}], "timeout": "-1s"}]}, "methodConfig[0].timeout",
+     "greater than 0"),
+    ({"methodConfig": [{"name": [{}], "waitForReady": "true"}]},
+     "methodConfig[0].waitForReady", "must be a boolean"),
+    ({"methodConfig": [{"name": [{}]}, {"name": [{}]}]}, "methodConfig[1].name",
+     "duplicate name"),
+    ({"methodConfig": [{"name": [{}], "retryPolicy": {"maxAttempts": 1,
+                                                       "initialBackoff": "1s",
+                                                       "maxBackoff": "1s",
+                                                       "backoffMultiplier": 2,
+                                                       "retryableStatusCodes": [14]}}]},
+     "methodConfig[0].retryPolicy.maxAttempts", "at least 2"),
+    ({"methodConfig": [{"name": [{}], "retryPolicy": {"maxAttempts": 3,
+                                                       "initialBackoff": "1s",
+                                                       "maxBackoff": "1s",
+                                                       "backoffMultiplier": 2}}]},
+     "methodConfig[0].retryPolicy.retryableStatusCodes", "is required"),
+    ({"methodConfig": [{"name": [{}], "retryPolicy": {"maxAttempts": 3,
+                                                       "initialBackoff": "1s",
+                                                       "maxBackoff": "1s",
+                                                       "backoffMultiplier": 2,
+                                                       "retryableStatusCodes": ["NOPE"]}}]},
+     "methodConfig[0].retryPolicy.retryableStatusCodes[0]", "unknown status code"),
+    ({"methodConfig": [{"name": [{}], "retryPolicy": {"maxAttempts": 3,
+                                                       "initialBackoff": "0s",
+                                                       "maxBackoff": "1s",
+                                                       "backoffMultiplier": 2,
+                                                       "retryableStatusCodes": [14]}}]},
+     "methodConfig[0].retryPolicy.initialBackoff", "greater than 0"),
+    ({"retryThrottling": {"maxTokens": 0, "tokenRatio": 1}}, "retryThrottling.maxTokens",
+     "greater than 0"),
+    ({"retryThrottling": {"maxTokens": 10}}, "retryThrottling.tokenRatio", "is required"),
+    ({"healthCheckConfig": {"serviceName": 5}}, "healthCheckConfig.serviceName",
+     "must be a string"),
+    ({"healthCheckConfig": {"mode": "push"}}, "healthCheckConfig.mode", '"watch" or "poll"'),
+    ({"healthCheckConfig": {"unhealthyThreshold": 0}},
+     "healthCheckConfig.unhealthyThreshold", "at least 1"),
+]
+
+
+@pytest.mark.parametrize(("raw", "path", "words"), BAD)
+def test_bad_configs_name_their_path(raw: object, path: str, words: str) -> None:
+    with pytest.raises(ServiceConfigError) as info:
+        parse_service_config(raw)  # type: ignore[arg-type]
+    assert info.value.path == path
+    assert words in str(info.value)
+    assert str(info.value).startswith(path)
+    assert isinstance(info.value, ValueError)
+
+
+def test_channel_rejects_bad_config_before_connecting() -> None:
+    with pytest.raises(ServiceConfigError, match="no supported policy"):
+        lbclient.insecure_channel("ipv4:127.0.0.1:1",
+                                  service_config={"loadBalancingConfig": [{"nope": {}}]})
