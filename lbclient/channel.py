@@ -22,6 +22,7 @@ from ._invoke import Invoker
 from ._scheduler import ThreadScheduler
 from ._subchannel import TO_GRPC, SubchannelFactory
 from .balancer.balancer import Balancer, EndpointInfo
+from .balancer.picker import CallOutcome
 from .config import ServiceConfig, parse_service_config
 from .errors import ServiceConfigError
 from .method_config import MethodConfig, MethodConfigTable
@@ -209,6 +210,33 @@ class LoadBalancedChannel(grpc.Channel):
     @property
     def target(self) -> str:
         return self._target.raw
+
+    # ------------------------------------------------------------ call listeners
+    _call_listeners: tuple[Callable[[str, CallOutcome], None], ...] = ()
+
+    def add_call_listener(self, fn: Callable[[str, CallOutcome], None]) -> None:
+        """``fn(address, outcome)`` once per finished attempt (any thread: a caller's or
+        grpc's callback thread). It must be quick and should not raise (errors are
+        logged). ``lbclient.metrics`` uses it."""
+        with self._subscribers_lock:
+            self._call_listeners = (*self._call_listeners, fn)
+            self._invoker.call_listener = self._deliver_call
+
+    def remove_call_listener(self, fn: Callable[[str, CallOutcome], None]) -> None:
+        with self._subscribers_lock:
+            rest = list(self._call_listeners)
+            if fn in rest:
+                rest.remove(fn)
+            self._call_listeners = tuple(rest)
+            if not rest:
+                self._invoker.call_listener = None
+
+    def _deliver_call(self, address: str, outcome: CallOutcome) -> None:
+        for fn in self._call_listeners:
+            try:
+                fn(address, outcome)
+            except Exception:
+                log.exception("call listener failed")
 
 
 def _subchannel_options(options: Sequence[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
