@@ -124,6 +124,7 @@ class Balancer:
             ctx = PolicyContext(clock=self._clock, rng=self._rng, scheduler=self._scheduler,
                                 request_rebuild=self.rebuild)
             self._policy, self._spec = spec.create(config, ctx), spec
+            self._policy.endpoints_changed([r.endpoint for r in self._records.values()])
             self._rebuild_locked()
         if old is not None:
             old.close()
@@ -164,6 +165,8 @@ class Balancer:
             self._records = {a: self._records[a] for a in wanted}
             for rec in created:
                 rec.handle = self._factory.create(rec.endpoint, self._state_callback(rec))
+            if self._policy is not None:  # group policies need every endpoint, not just eligible
+                self._policy.endpoints_changed([r.endpoint for r in self._records.values()])
             self._rebuild_locked()
         for rec in to_close:
             log.info("endpoint removed: %s (closing after %d in-flight calls)",

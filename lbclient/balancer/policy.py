@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .._validate import expect_list, expect_object, join
+from ..endpoint import Endpoint
 from ..errors import ServiceConfigError
 from .picker import Candidate, Picker
 
@@ -71,6 +72,12 @@ class Policy(ABC):
         """The weight this policy wants for ``candidate`` (before slow start)."""
         return candidate.weight
 
+    def endpoints_changed(self, endpoints: Sequence[Endpoint]) -> None:  # noqa: B027
+        """Optional hook: the resolver's whole endpoint list (eligible or not), called
+        with the balancer's lock held before the ``build_picker`` that follows a resolver
+        update, and once after the policy is created. Group policies use it to know each
+        group's size, so they can compute its healthy share from the candidates."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release timers; called once when the channel closes or the policy changes."""
 
@@ -93,7 +100,7 @@ _loaded = False
 BUILTIN_MODULES = (
     "round_robin", "pick_first", "weighted_round_robin", "least_connections",
     "least_request", "random_policy", "ring_hash", "maglev", "sticky", "peak_ewma",
-    "outlier_detection", "priority", "weighted_target",
+    "outlier_detection", "priority", "weighted_target", "zone_aware",
 )
 
 
