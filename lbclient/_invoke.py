@@ -66,20 +66,27 @@ class Completion:
             result.candidate.stats.begin()
 
     def finish(self, code: grpc.StatusCode, call: Any = None) -> None:
-        with self._lock:
-            if self._done:
-                return
-            self._done = True
+        """End the attempt with ``code``; metadata is read from the sync ``call``."""
         trailing = initial = ()
-        if call is not None:
+        if call is not None and not self._done:
             try:
                 trailing = call.trailing_metadata() or ()
                 initial = call.initial_metadata() or ()
             except Exception:  # a call that never started has no metadata
                 pass
-        outcome = CallOutcome(code.name, time.perf_counter() - self._t0, trailing, initial)
+        self.finish_with(code.name, trailing, initial)
+
+    def finish_with(self, code: str, trailing: Any = (), initial: Any = ()) -> None:
+        """End the attempt with a status code name and metadata already in hand (the
+        asyncio channel's path, whose metadata getters are coroutines)."""
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        outcome = CallOutcome(code, time.perf_counter() - self._t0, tuple(trailing),
+                              tuple(initial))
         result = self._result
-        result.candidate.stats.end(outcome, code.name in self.failure_codes)
+        result.candidate.stats.end(outcome, code in self.failure_codes)
         if result.on_done is not None:
             try:
                 result.on_done(outcome)
