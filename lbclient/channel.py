@@ -26,6 +26,7 @@ from .balancer.picker import CallOutcome
 from .config import ServiceConfig, parse_service_config
 from .errors import ServiceConfigError
 from .method_config import MethodConfig, MethodConfigTable
+from .metrics._auto import channel_created as metrics_channel_created
 from .resolver.base import ResolverState, create_resolver, parse_target, validate_target
 
 log = logging.getLogger("lbclient.channel")
@@ -67,6 +68,7 @@ class LoadBalancedChannel(grpc.Channel):
         self._subscribers_lock = threading.Lock()
         self._balancer.add_listener(self._on_balancer_change)
         self._apply_config(self._user_config or parse_service_config(None))
+        metrics_channel_created(self)   # LBCLIENT_METRICS auto-instrumentation (no-op unset)
         self._resolver = create_resolver(self._target, self, resolver_options)
         self._resolver.start()
 
