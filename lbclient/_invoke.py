@@ -54,6 +54,11 @@ class Completion:
     def endpoint_closed(self) -> bool:
         return bool(getattr(self._result.candidate.handle, "closed", False))
 
+    @property
+    def address(self) -> str:
+        """The endpoint this attempt was placed on."""
+        return self._result.candidate.address
+
     def __init__(self, result: PickResult, failure_codes: frozenset[str],
                  listener: Callable[[str, CallOutcome], None] | None = None) -> None:
         self._result = result
@@ -149,12 +154,16 @@ class Invoker:
 
     def run(self, args: CallArgs, metadata: Any, deadline: float | None,
             wait_for_ready: bool, exclude: frozenset[str],
-            call: Callable[[Any, float | None], tuple[Any, Any]]) -> tuple[Any, Any]:
+            call: Callable[[Any, float | None], tuple[Any, Any]],
+            on_placed: Callable[[str], None] | None = None) -> tuple[Any, Any]:
         """One blocking attempt: ``call(multicallable, timeout) -> (response, grpc.Call)``.
         Re-picks (bounded) when the endpoint was closed between pick and start, which
-        grpc reports as ValueError."""
+        grpc reports as ValueError. ``on_placed(address)`` runs for every placement (the
+        retry layer uses it to avoid endpoints already tried)."""
         for attempt in range(_REPICKS):
             mc, done = self.place(args, metadata, deadline, wait_for_ready, exclude)
+            if on_placed is not None:
+                on_placed(done.address)
             try:
                 response, rpc = call(mc, remaining(deadline))
             except grpc.RpcError as exc:
@@ -174,11 +183,15 @@ class Invoker:
 
     def start_async(self, args: CallArgs, metadata: Any, deadline: float | None,
                     wait_for_ready: bool, exclude: frozenset[str],
-                    call: Callable[[Any, float | None], Any]) -> Any:
+                    call: Callable[[Any, float | None], Any],
+                    on_placed: Callable[[str], None] | None = None) -> Any:
         """Start a future or a response stream: ``call(multicallable, timeout)`` returns a
-        grpc rendezvous; the attempt finishes from grpc's completion callback."""
+        grpc rendezvous; the attempt finishes from grpc's completion callback.
+        ``on_placed`` is as in :meth:`run`."""
         for attempt in range(_REPICKS):
             mc, done = self.place(args, metadata, deadline, wait_for_ready, exclude)
+            if on_placed is not None:
+                on_placed(done.address)
             try:
                 rpc = call(mc, remaining(deadline))
             except ValueError:
