@@ -92,6 +92,26 @@ class EndpointStats:
             self.in_flight += 1
             self.picks += 1
 
+    def try_begin(self, expected_in_flight: int) -> bool:
+        """:meth:`begin`, but only if ``in_flight`` still equals ``expected_in_flight``
+        (an atomic compare-and-increment for pickers that count at pick time, so two
+        concurrent picks cannot both take the endpoint they saw least loaded)."""
+        with self._lock:
+            if self.in_flight != expected_in_flight:
+                return False
+            self.in_flight += 1
+            self.picks += 1
+            return True
+
+    def peak_ewma_at(self, now: float) -> float | None:
+        """``peak_ewma`` decayed toward 0 over the time since its last sample (tower's
+        read-time decay: an endpoint that got no call for a while is tried again); None
+        before the first call. A lock-free read."""
+        peak, stamp = self.peak_ewma, self._peak_stamp
+        if peak is None:
+            return None
+        return peak * math.exp(-max(now - stamp, 0.0) / self.decay_time)
+
     def end(self, outcome: CallOutcome, failure: bool) -> None:
         """Record a finished call. ``failure`` is the caller's classification."""
         now = self.clock()
