@@ -20,13 +20,14 @@ import grpc
 from ._rpc_error import LocalRpcError
 from .balancer.balancer import Balancer
 from .balancer.picker import CallOutcome, PickError, PickInfo, PickResult
+from .health.codes import SERVER_FAILURE_CODES as _SERVER_FAILURE_CODES
 
 log = logging.getLogger("lbclient.channel")
 
 # Status codes that speak of the server rather than the request: what lbclient counts as
 # an endpoint failure by default (gRPC's outlier detection counts every non-OK status).
-SERVER_FAILURE_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN",
-                                  "RESOURCE_EXHAUSTED", "DATA_LOSS"})
+# Defined in lbclient.health.codes (pure) so the balancer can share it.
+SERVER_FAILURE_CODES = _SERVER_FAILURE_CODES
 
 # How many times a call is re-picked when its endpoint was closed between pick and start.
 _REPICKS = 3

@@ -25,6 +25,10 @@ from .balancer.balancer import Balancer, EndpointInfo
 from .balancer.picker import CallOutcome
 from .config import ServiceConfig, parse_service_config
 from .errors import ServiceConfigError
+from .health.events import EndpointEvent
+from .health.options import FIELD as LBCLIENT_FIELD
+from .health.options import parse_balancing_options
+from .health.prober import GrpcHealthCheckerFactory
 from .method_config import MethodConfig, MethodConfigTable
 from .metrics._auto import channel_created as metrics_channel_created
 from .resolver.base import ResolverState, create_resolver, parse_target, validate_target
@@ -59,7 +63,8 @@ class LoadBalancedChannel(grpc.Channel):
         self._balancer = Balancer(
             SubchannelFactory(credentials, _subchannel_options(options)), clock=clock,
             rng=rng or random.Random(), scheduler=self._scheduler,
-            on_endpoint_failure=self._on_endpoint_failure)
+            on_endpoint_failure=self._on_endpoint_failure,
+            health_factory=GrpcHealthCheckerFactory(self._scheduler))
         self._invoker = Invoker(self._balancer)
         self._retrier: Any = None
         self._methods = MethodConfigTable(())
@@ -76,9 +81,13 @@ class LoadBalancedChannel(grpc.Channel):
     def _apply_config(self, config: ServiceConfig) -> None:
         if self._config is not None and config.raw == self._config.raw:
             return
+        options = parse_balancing_options(config.raw.get(LBCLIENT_FIELD))  # may raise
         self._config = config
         self._methods = MethodConfigTable(config.method_configs)
+        self._balancer.set_options(options)
+        self._balancer.set_health_check(config.health_check)
         self._balancer.set_policy(config.lb.spec, config.lb.config)
+        self._invoker.failure_codes = self._balancer.failure_codes
         log.info("service config applied: policy %s", config.lb.name)
 
     def _method_config(self, method: str) -> MethodConfig | None:
@@ -206,8 +215,19 @@ class LoadBalancedChannel(grpc.Channel):
     # ------------------------------------------------------------ visibility
     def endpoints(self) -> list[EndpointInfo]:
         """An immutable snapshot of every endpoint (address, weight, connectivity,
-        health, ejection, in-flight, calls, failures, latency EWMA)."""
+        health, ejection, in-flight, calls, failures, recent window, latency EWMA,
+        slow start); see :class:`lbclient.EndpointInfo`."""
         return self._balancer.snapshot()
+
+    def add_event_listener(self, fn: Callable[[EndpointEvent], None]) -> None:
+        """``fn(event)`` for every :class:`lbclient.EndpointEvent` (added, removed,
+        health_changed, ejected, readmitted), in order and one at a time, on the thread
+        that caused it, never under a channel lock. Events are also logged on
+        ``lbclient.events``."""
+        self._balancer.add_event_listener(fn)
+
+    def remove_event_listener(self, fn: Callable[[EndpointEvent], None]) -> None:
+        self._balancer.remove_event_listener(fn)
 
     @property
     def target(self) -> str:

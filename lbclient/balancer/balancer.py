@@ -1,10 +1,19 @@
 """The endpoint-set balancer: one connection per endpoint, eligibility, picker publication.
 
 Threading contract: every control-plane event (resolver update, connectivity change,
-health result, ejection, policy change) is applied under one lock, one at a time, and
-ends by publishing a new immutable picker (a single attribute assignment, read without a
-lock by callers). Connections are created and closed through a :class:`SubchannelFactory`
-so this module never imports grpc; handle methods are called *outside* the lock.
+health report, ejection, sweep, policy change) is applied under one lock, one at a time,
+and ends by publishing a new immutable picker (a single attribute assignment, read without
+a lock by callers). Connections and health checkers are created through factories, so
+this module never imports grpc. Handle methods that may block or call back (shutdown,
+stopping checkers) run *outside* the lock; endpoint events are queued under the lock and
+delivered after it is released (:class:`~lbclient.health.events.EventBus`).
+
+Eligibility: an endpoint is *connected* when its connection is READY and, with active
+health checking, its first health answer has arrived (gRFC A17); it is *fit* when it is
+also not unhealthy and not ejected. Pickers see the fit endpoints, unless fewer than
+``panic_threshold`` percent of the connected ones are fit: then (Envoy's panic mode) they
+see every connected endpoint. Weights get the slow-start factor of endpoints that are
+new, readmitted or healthy again.
 """
 
 from __future__ import annotations
@@ -14,15 +23,24 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..connectivity import Connectivity, aggregate
 from ..endpoint import Endpoint
+from ..health.codes import SERVER_FAILURE_CODES
+from ..health.events import EndpointEvent, EventBus, EventKind
+from ..health.options import DEFAULT_OPTIONS, BalancingOptions
+from ..health.outlier import HOST_OPTION, Ejection, OutlierConfig, OutlierDetector
+from ..health.record import EndpointInfo, EndpointRecord
+from ..health.tracker import HealthReport, HealthTracker
 from .picker import Candidate, EndpointStats, FailingPicker, Picker
 from .policy import Policy, PolicyContext, PolicySpec
 
 log = logging.getLogger("lbclient.balancer")
+health_log = logging.getLogger("lbclient.health")
+
+__all__ = ["Balancer", "EndpointInfo", "EndpointRecord", "HealthChecker",
+           "HealthCheckerFactory", "SubchannelFactory", "SubchannelHandle"]
 
 
 class SubchannelHandle(Protocol):
@@ -40,65 +58,32 @@ class SubchannelFactory(Protocol):
         changes from any thread. Must not block."""
 
 
-class EndpointRecord:
-    """The balancer's mutable view of one endpoint (guarded by the balancer lock)."""
+class HealthChecker(Protocol):
+    def set_probing(self, on: bool) -> None:
+        """While on, run Check probes even in watch mode (an ejected endpoint)."""
 
-    __slots__ = ("endpoint", "handle", "stats", "connectivity", "healthy", "health_reason",
-                 "ejected_until", "eject_reason", "added_at", "ready_since")
-
-    def __init__(self, endpoint: Endpoint, handle: Any, stats: EndpointStats,
-                 now: float) -> None:
-        self.endpoint = endpoint
-        self.handle = handle
-        self.stats = stats
-        self.connectivity = Connectivity.IDLE
-        self.healthy: bool | None = None       # None: not health-checked (counts as healthy)
-        self.health_reason = ""
-        self.ejected_until: float | None = None
-        self.eject_reason = ""
-        self.added_at = now
-        self.ready_since: float | None = None
-
-    @property
-    def address(self) -> str:
-        return self.endpoint.address
-
-    def is_ejected(self, now: float) -> bool:
-        return self.ejected_until is not None and now < self.ejected_until
-
-    def eligible(self, now: float) -> bool:
-        return (self.connectivity is Connectivity.READY and self.healthy is not False
-                and not self.is_ejected(now))
+    def stop(self) -> None:
+        """Stop probing (non-blocking, idempotent); later reports are ignored."""
 
 
-@dataclass(frozen=True)
-class EndpointInfo:
-    """An immutable per-endpoint snapshot for ``channel.endpoints()``."""
-
-    address: str
-    weight: int
-    connectivity: str
-    healthy: bool | None
-    eligible: bool
-    ejected_until: float | None
-    eject_reason: str
-    in_flight: int
-    picks: int
-    calls: int
-    failures: int
-    latency_ewma: float | None
-    attributes: dict[str, Any]
+class HealthCheckerFactory(Protocol):
+    def start(self, handle: Any, config: Any,
+              report: Callable[[HealthReport], None]) -> HealthChecker:
+        """Start probing a READY endpoint; ``report`` may be called from any thread but
+        never synchronously from ``start``/``set_probing``/``stop``."""
 
 
 class Balancer:
     def __init__(self, factory: SubchannelFactory, *, clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None, scheduler: Any = None,
-                 on_endpoint_failure: Callable[[str], None] | None = None) -> None:
+                 on_endpoint_failure: Callable[[str], None] | None = None,
+                 health_factory: HealthCheckerFactory | None = None) -> None:
         self._factory = factory
         self._clock = clock
         self._rng = rng or random.Random()
         self._scheduler = scheduler
         self._on_endpoint_failure = on_endpoint_failure
+        self._health_factory = health_factory
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._records: dict[str, EndpointRecord] = {}
@@ -109,6 +94,15 @@ class Balancer:
         self._closed = False
         self._listeners: list[Callable[[], None]] = []
         self._generation = 0
+        self._events = EventBus()
+        self._health_config: Any = None
+        self._options: BalancingOptions = DEFAULT_OPTIONS
+        self._outliers: OutlierDetector | None = None
+        self._outlier_refs = 0
+        self._sweep_timer: Any = None
+        self._ramp_timer: Any = None
+        self._panic = False
+        self.failure_codes: frozenset[str] = SERVER_FAILURE_CODES
         self.picker: Picker = FailingPicker("no endpoints yet: waiting for the resolver")
         self.state = Connectivity.IDLE
 
@@ -122,24 +116,56 @@ class Balancer:
                 return
             old = self._policy
             ctx = PolicyContext(clock=self._clock, rng=self._rng, scheduler=self._scheduler,
-                                request_rebuild=self.rebuild)
+                                request_rebuild=self.rebuild, options={HOST_OPTION: self})
             self._policy, self._spec = spec.create(config, ctx), spec
             self._policy.endpoints_changed([r.endpoint for r in self._records.values()])
             self._rebuild_locked()
         if old is not None:
             old.close()
+        self._after_change()
 
     @property
     def policy(self) -> Policy | None:
         return self._policy
 
+    def set_options(self, options: BalancingOptions) -> None:
+        """Panic threshold and slow start (the service config's ``"lbclient"`` block)."""
+        with self._lock:
+            if self._closed or options == self._options:
+                return
+            self._options = options
+            self._rebuild_locked()
+        self._after_change()
+
+    def set_health_check(self, config: Any) -> None:
+        """Turn active health checking on (a ``HealthCheckConfig``), change it, or turn
+        it off (None). Connected endpoints restart probing from "pending"."""
+        stop: list[HealthChecker] = []
+        with self._lock:
+            if self._closed or config == self._health_config:
+                return
+            if config is not None and self._health_factory is None:
+                log.warning("healthCheckConfig ignored: this channel has no health prober")
+                return
+            self._health_config = config
+            for rec in self._records.values():
+                stop += self._stop_checker_locked(rec)
+                rec.tracker = HealthTracker(config) if config is not None else None
+                rec.reported_health = None
+                if rec.connectivity is Connectivity.READY:
+                    self._start_checker_locked(rec)
+            self._rebuild_locked()
+        for checker in stop:
+            checker.stop()
+        self._after_change()
+
     # ----------------------------------------------------------------- endpoint updates
     def update_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         """Apply a whole snapshot: unchanged addresses keep their connection and state;
         new ones connect; removed ones stop being picked at once and are closed once
-        their in-flight calls have ended."""
+        their in-flight calls have ended (their health checking stops at once)."""
         to_close: list[EndpointRecord] = []
-        created: list[EndpointRecord] = []
+        stop: list[HealthChecker] = []
         with self._lock:
             if self._closed:
                 return
@@ -149,7 +175,11 @@ class Balancer:
             wanted = {e.address: e for e in endpoints}
             for address in list(self._records):
                 if address not in wanted:
-                    to_close.append(self._records.pop(address))
+                    rec = self._records.pop(address)
+                    stop += self._stop_checker_locked(rec)
+                    to_close.append(rec)
+                    self._post("removed", rec, f"{rec.stats.in_flight} calls in flight")
+            created: list[EndpointRecord] = []
             for address, endpoint in wanted.items():
                 rec = self._records.get(address)
                 if rec is not None:
@@ -157,24 +187,27 @@ class Balancer:
                             rec.endpoint.attributes) != dict(endpoint.attributes):
                         rec.endpoint = endpoint
                     continue
-                stats = EndpointStats(self._clock)
-                rec = EndpointRecord(endpoint, None, stats, now)
+                rec = EndpointRecord(endpoint, EndpointStats(self._clock), now, self._clock)
+                rec.stats.add_end_listener(self._window_feeder(rec))
+                if self._health_config is not None:
+                    rec.tracker = HealthTracker(self._health_config)
                 self._records[address] = rec
                 created.append(rec)
             # Reorder to the resolver's order (pick_first and hashing use it).
             self._records = {a: self._records[a] for a in wanted}
             for rec in created:
                 rec.handle = self._factory.create(rec.endpoint, self._state_callback(rec))
+                self._post("added", rec, f"weight {rec.endpoint.weight}")
+            if self._outliers is not None:
+                self._outliers.set_addresses(self._records)
             if self._policy is not None:  # group policies need every endpoint, not just eligible
                 self._policy.endpoints_changed([r.endpoint for r in self._records.values()])
             self._rebuild_locked()
+        for checker in stop:
+            checker.stop()
         for rec in to_close:
-            log.info("endpoint removed: %s (closing after %d in-flight calls)",
-                     rec.address, rec.stats.in_flight)
             rec.stats.when_idle(rec.handle.shutdown)
-        for rec in created:
-            log.info("endpoint added: %s (weight %d)", rec.address, rec.endpoint.weight)
-        self._notify()
+        self._after_change()
 
     def resolver_error(self, message: str) -> None:
         """A resolver failure: keep the endpoints; if there are none, calls fail with
@@ -183,7 +216,12 @@ class Balancer:
             self._resolver_error = message
             if not self._records:
                 self._rebuild_locked()
-        self._notify()
+        self._after_change()
+
+    def _window_feeder(self, rec: EndpointRecord) -> Callable[[Any], None]:
+        def feed(outcome: Any) -> None:
+            rec.window.add(outcome.code in self.failure_codes)
+        return feed
 
     def _state_callback(self, rec: EndpointRecord) -> Callable[[Connectivity], None]:
         def on_state(state: Connectivity) -> None:
@@ -191,7 +229,7 @@ class Balancer:
         return on_state
 
     def on_connectivity(self, rec: EndpointRecord, state: Connectivity) -> None:
-        connect = False
+        stop: list[HealthChecker] = []
         with self._lock:
             if self._closed or self._records.get(rec.address) is not rec:
                 return  # a removed endpoint's late event
@@ -200,36 +238,179 @@ class Balancer:
             previous, rec.connectivity = rec.connectivity, state
             if state is Connectivity.READY:
                 rec.ready_since = self._clock()
+                self._start_checker_locked(rec)
             elif previous is Connectivity.READY:
                 rec.ready_since = None
-            connect = state is Connectivity.IDLE
+                stop = self._stop_checker_locked(rec)
             self._rebuild_locked()
         log.debug("endpoint %s: %s -> %s", rec.address, previous.value, state.value)
-        if connect:
+        for checker in stop:
+            checker.stop()
+        if state is Connectivity.IDLE:
             rec.handle.request_connection()
         if state is Connectivity.TRANSIENT_FAILURE and self._on_endpoint_failure is not None:
             self._on_endpoint_failure(rec.address)
-        self._notify()
+        self._after_change()
 
-    # ----------------------------------------------------------------- health/ejection
-    def set_health(self, address: str, healthy: bool | None, reason: str = "") -> None:
+    # ----------------------------------------------------------------- active health
+    def _start_checker_locked(self, rec: EndpointRecord) -> None:
+        if self._health_config is None or self._health_factory is None or rec.tracker is None:
+            return
+        rec.tracker.reset()
+        token = object()
+        rec.checker_token = token
+
+        def report(r: HealthReport) -> None:
+            self._on_health_report(rec, token, r)
+
+        rec.checker = self._health_factory.start(rec.handle, self._health_config, report)
+        if rec.ejected:
+            rec.checker.set_probing(True)
+
+    def _stop_checker_locked(self, rec: EndpointRecord) -> list[HealthChecker]:
+        checker, rec.checker, rec.checker_token = rec.checker, None, None
+        if rec.tracker is not None:
+            rec.tracker.reset()
+        return [checker] if checker is not None else []
+
+    def _on_health_report(self, rec: EndpointRecord, token: object, report: HealthReport) -> None:
         with self._lock:
-            rec = self._records.get(address)
-            if rec is None or rec.healthy == healthy:
+            if (self._closed or self._records.get(rec.address) is not rec
+                    or rec.checker_token is not token or rec.tracker is None):
                 return
-            rec.healthy, rec.health_reason = healthy, reason
-            self._rebuild_locked()
-        log.info("endpoint %s: %s%s", address,
-                 {True: "healthy", False: "unhealthy", None: "health unknown"}[healthy],
-                 f" ({reason})" if reason else "")
-        self._notify()
+            tracker = rec.tracker
+            before = tracker.state
+            changed = tracker.apply(report)
+            if report.kind == "unimplemented" and not rec.unimplemented_logged:
+                rec.unimplemented_logged = True
+                health_log.warning("endpoint %s does not implement grpc.health.v1: "
+                                   "treating it as healthy", rec.address)
+            healthy = tracker.healthy
+            if changed and healthy is not None and healthy != rec.reported_health:
+                rec.reported_health = healthy
+                if healthy and before == "unhealthy":
+                    rec.ramp_pending = True
+                self._post("health_changed", rec, tracker.reason, healthy=healthy)
+            readmitted = rec.ejected and self._maybe_readmit_locked(rec)
+            if changed or readmitted:
+                self._rebuild_locked()
+        self._after_change()
 
-    def record(self, address: str) -> EndpointRecord | None:
-        return self._records.get(address)
-
-    def records(self) -> list[EndpointRecord]:
+    # ----------------------------------------------------------------- outlier ejection
+    def attach_outlier_detection(self, config: OutlierConfig) -> OutlierDetector:
+        """Called by the ``outlier_detection`` policy when it is created: returns the
+        channel's detector (kept across config changes, as A50 keeps its timer and
+        counters) and starts its interval timer."""
         with self._lock:
-            return list(self._records.values())
+            det = self._outliers
+            if det is None:
+                det = OutlierDetector(config, self._clock, self._rng)
+                det.set_addresses(self._records)
+                det.on_trip = self._on_trip
+                self._outliers = det
+            self._outlier_refs += 1
+            self._schedule_sweep(det.reconfigure(config))
+            self.failure_codes = config.failure_codes
+            self._sync_ejections_locked()
+        return det
+
+    def detach_outlier_detection(self, detector: OutlierDetector) -> None:
+        """The policy is gone: when no policy uses the detector any more, stop the
+        timer and readmit every ejected endpoint."""
+        with self._lock:
+            if detector is not self._outliers:
+                return
+            self._outlier_refs -= 1
+            if self._outlier_refs > 0:
+                return
+            self._outliers = None
+            self._schedule_sweep(None)
+            self.failure_codes = SERVER_FAILURE_CODES
+            if not self._closed:
+                self._sync_ejections_locked()
+                self._rebuild_locked()
+        self._after_change()
+
+    def _schedule_sweep(self, delay: float | None) -> None:
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
+        if delay is not None and self._scheduler is not None and not self._closed:
+            self._sweep_timer = self._scheduler.call_later(delay, self.sweep)
+
+    def sweep(self) -> None:
+        """The outlier detector's interval (runs on the scheduler; tests call it)."""
+        with self._lock:
+            det = self._outliers
+            if det is None or self._closed:
+                return
+            result = det.sweep()
+            for ejection in result.ejected:
+                self._apply_ejection_locked(ejection)
+            for address in result.expired:
+                rec = self._records.get(address)
+                if rec is not None:
+                    self._maybe_readmit_locked(rec)
+            self._rebuild_locked()
+            self._schedule_sweep(det.config.interval)
+        self._after_change()
+
+    def _on_trip(self, address: str) -> None:
+        """Consecutive failures reached the limit (a caller's thread)."""
+        with self._lock:
+            det = self._outliers
+            if det is None or self._closed:
+                return
+            limit = det.config.consecutive_failures
+            ejection = det.eject(address, f"{limit} consecutive failures")
+            if ejection is None:
+                return
+            self._apply_ejection_locked(ejection)
+            self._rebuild_locked()
+        self._after_change()
+
+    def _apply_ejection_locked(self, ejection: Ejection) -> None:
+        rec = self._records.get(ejection.address)
+        if rec is None:
+            return
+        rec.ejected, rec.ejected_until, rec.eject_reason = True, ejection.until, ejection.reason
+        if rec.tracker is not None:
+            rec.tracker.reset_streak()
+        if rec.checker is not None:
+            rec.checker.set_probing(True)
+        self._post("ejected", rec, ejection.reason, ejected_until=ejection.until)
+
+    def _maybe_readmit_locked(self, rec: EndpointRecord) -> bool:
+        """Readmit an ejected endpoint whose ejection time has passed, if active health
+        checking (when on) has seen ``healthyThreshold`` good probes in a row."""
+        det = self._outliers
+        now = self._clock()
+        if det is not None and not det.expired(rec.address, now):
+            return False
+        tracker = rec.tracker
+        if det is not None and tracker is not None and not tracker.readmit_ok():
+            if "awaiting" not in rec.eject_reason:
+                rec.eject_reason += (f"; ejection over, awaiting {tracker.healthy_threshold} "
+                                     "good health probes in a row")
+            return False
+        if det is not None:
+            det.uneject(rec.address)
+        self._readmit_locked(rec, "ejection time over")
+        return True
+
+    def _readmit_locked(self, rec: EndpointRecord, reason: str) -> None:
+        rec.ejected, rec.ejected_until, rec.eject_reason = False, None, ""
+        rec.ramp_pending = True
+        if rec.checker is not None:
+            rec.checker.set_probing(False)
+        self._post("readmitted", rec, reason)
+
+    def _sync_ejections_locked(self) -> None:
+        """Make records agree with the detector (after a no-op config or a detach)."""
+        det = self._outliers
+        for rec in self._records.values():
+            if rec.ejected and (det is None or not det.is_ejected(rec.address)):
+                self._readmit_locked(rec, "outlier detection turned off")
 
     # ----------------------------------------------------------------- picker
     def rebuild(self) -> None:
@@ -237,40 +418,78 @@ class Balancer:
         with self._lock:
             if not self._closed:
                 self._rebuild_locked()
-        self._notify()
+        self._after_change()
 
     def _rebuild_locked(self) -> None:
         self._generation += 1
         now = self._clock()
         policy = self._policy
-        eligible = [r for r in self._records.values() if r.eligible(now)]
-        if policy is None or not eligible:
-            self.picker = FailingPicker(self._no_endpoint_reason(now))
+        records = list(self._records.values())
+        connected = [r for r in records if r.connected()]
+        fit = [r for r in connected if r.fit()]
+        threshold = self._options.panic_threshold
+        panic = bool(threshold > 0 and connected and len(fit) * 100.0 < threshold * len(connected))
+        if panic != self._panic:
+            self._panic = panic
+            (log.warning if panic else log.info)(
+                "panic mode %s: %d of %d connected endpoints are fit (threshold %g%%)",
+                "on, picking among all connected endpoints" if panic else "off",
+                len(fit), len(connected), threshold)
+        chosen = connected if panic else fit
+        for r in records:
+            r.picked = False
+        if policy is None or not chosen:
+            self.picker = FailingPicker(self._no_endpoint_reason())
         else:
-            candidates = [Candidate(r.endpoint, r.endpoint.weight, r.stats, r.handle)
-                          for r in eligible]
-            candidates = [c.with_weight(policy.endpoint_weight(c)) for c in candidates]
+            candidates = []
+            for r in chosen:
+                r.picked = True
+                c = Candidate(r.endpoint, r.endpoint.weight, r.stats, r.handle)
+                w = policy.endpoint_weight(c)
+                factor = self._slow_start_factor(r, now)
+                r.effective_weight = w * factor
+                candidates.append(c.with_weight(w * factor))
             self.picker = policy.build_picker(candidates)
-        self.state = aggregate([r.connectivity for r in self._records.values()])
+        self.state = aggregate([r.connectivity for r in records])
         self._changed.notify_all()
 
-    def _no_endpoint_reason(self, now: float) -> str:
+    def _slow_start_factor(self, rec: EndpointRecord, now: float) -> float:
+        slow = self._options.slow_start
+        if slow is None:
+            rec.ramp_pending, rec.ramp_start = False, None
+            return 1.0
+        if rec.ramp_pending:
+            rec.ramp_pending, rec.ramp_start = False, now
+        if rec.ramp_start is None:
+            return 1.0
+        factor = slow.factor(now - rec.ramp_start)
+        if factor >= 1.0:
+            rec.ramp_start = None
+        elif self._ramp_timer is None and self._scheduler is not None:
+            step = min(max(slow.window / 20.0, 0.05), 1.0)
+            self._ramp_timer = self._scheduler.call_later(step, self._ramp_tick)
+        return factor
+
+    def _ramp_tick(self) -> None:
+        with self._lock:
+            self._ramp_timer = None
+            if self._closed:
+                return
+            self._rebuild_locked()
+        self._after_change()
+
+    def _no_endpoint_reason(self) -> str:
         if not self._records:
             if self._resolver_error:
                 return f"no endpoints: {self._resolver_error}"
             if self._resolved_once:
                 return "no endpoints: the resolver returned an empty list"
             return "no endpoints yet: waiting for the resolver"
+        if self._policy is None:
+            return "no load-balancing policy yet"
         counts: dict[str, int] = {}
         for r in self._records.values():
-            if r.connectivity is not Connectivity.READY:
-                key = {Connectivity.IDLE: "idle", Connectivity.CONNECTING: "connecting",
-                       Connectivity.TRANSIENT_FAILURE: "failed",
-                       Connectivity.SHUTDOWN: "shut down"}[r.connectivity]
-            elif r.is_ejected(now):
-                key = "ejected"
-            else:
-                key = "unhealthy"
+            key = r.unfit_reason()
             counts[key] = counts.get(key, 0) + 1
         parts = ", ".join(f"{n} {k}" for k, n in counts.items())
         return f"no ready endpoints: {parts}"
@@ -287,6 +506,12 @@ class Balancer:
     def generation(self) -> int:
         return self._generation
 
+    @property
+    def panic(self) -> bool:
+        """True while the panic threshold makes pickers ignore health and ejection."""
+        return self._panic
+
+    # ----------------------------------------------------------------- listeners/events
     def add_listener(self, fn: Callable[[], None]) -> None:
         """``fn()`` after every picker or state change (outside the lock, any thread)."""
         with self._lock:
@@ -297,7 +522,21 @@ class Balancer:
             if fn in self._listeners:
                 self._listeners.remove(fn)
 
-    def _notify(self) -> None:
+    def add_event_listener(self, fn: Callable[[EndpointEvent], None]) -> None:
+        """``fn(event)`` for every endpoint event, in order, one at a time, outside the
+        balancer lock (on whichever thread caused the event)."""
+        self._events.add_listener(fn)
+
+    def remove_event_listener(self, fn: Callable[[EndpointEvent], None]) -> None:
+        self._events.remove_listener(fn)
+
+    def _post(self, kind: EventKind, rec: EndpointRecord, reason: str = "", *,
+              healthy: bool | None = None, ejected_until: float | None = None) -> None:
+        self._events.post(EndpointEvent(kind, rec.address, self._clock(), reason, healthy,
+                                        ejected_until))
+
+    def _after_change(self) -> None:
+        self._events.flush()
         for fn in tuple(self._listeners):
             try:
                 fn()
@@ -311,36 +550,52 @@ class Balancer:
                 rec.handle.request_connection()
 
     # ----------------------------------------------------------------- visibility / close
+    def record(self, address: str) -> EndpointRecord | None:
+        return self._records.get(address)
+
+    def records(self) -> list[EndpointRecord]:
+        with self._lock:
+            return list(self._records.values())
+
     def snapshot(self) -> list[EndpointInfo]:
+        """One immutable :class:`EndpointInfo` per endpoint, in resolver order."""
         with self._lock:
             now = self._clock()
-            return [EndpointInfo(
-                address=r.address, weight=r.endpoint.weight,
-                connectivity=r.connectivity.value, healthy=r.healthy,
-                eligible=r.eligible(now),
-                ejected_until=r.ejected_until if r.is_ejected(now) else None,
-                eject_reason=r.eject_reason if r.is_ejected(now) else "",
-                in_flight=r.stats.in_flight, picks=r.stats.picks, calls=r.stats.calls,
-                failures=r.stats.failures, latency_ewma=r.stats.latency_ewma,
-                attributes=dict(r.endpoint.attributes)) for r in self._records.values()]
+            det = self._outliers
+            slow = self._options.slow_start
+            return [r.info(now, det.multiplier(r.address) if det is not None else 0,
+                           slow, self._panic) for r in self._records.values()]
 
     def close(self) -> None:
-        """Close every connection now (in-flight calls are cancelled by their transport)."""
+        """Close every connection now (in-flight calls are cancelled by their transport)
+        and stop health checking and timers."""
+        stop: list[HealthChecker] = []
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             records = list(self._records.values())
+            for rec in records:
+                stop += self._stop_checker_locked(rec)
             self._records.clear()
             self.picker = FailingPicker("channel closed")
             self.state = Connectivity.SHUTDOWN
             policy, self._policy = self._policy, None
+            self._schedule_sweep(None)
+            if self._ramp_timer is not None:
+                self._ramp_timer.cancel()
             self._changed.notify_all()
+        for checker in stop:
+            checker.stop()
         if policy is not None:
             policy.close()
         for rec in records:
             rec.handle.shutdown()
-        self._notify()
+        for checker in stop:
+            join = getattr(checker, "join", None)
+            if join is not None:
+                join(2.0)
+        self._after_change()
 
     @property
     def closed(self) -> bool:
