@@ -46,7 +46,7 @@ class Attachment:
         else:
             channel._balancer.add_listener(self._on_change)
             self._undo.append(("_balancer.remove_listener", self._on_change))
-        self._on_change()   # endpoints already known count as "added"
+            self._on_change()   # endpoints already known count as "added"
 
     @property
     def channel(self) -> Any:
@@ -65,7 +65,11 @@ class Attachment:
             self.sink.resolver_update(int(getattr(event, "endpoints", 0) or 0))
         elif kind == "resolver_error":
             self.sink.resolver_error(str(getattr(event, "message", "")))
-        elif address is not None:
+        elif kind == "health_changed":
+            healthy = getattr(event, "healthy", None)
+            if healthy is not None and address:
+                self.sink.endpoint_event(str(address), "healthy" if healthy else "unhealthy")
+        elif address:
             self.sink.endpoint_event(str(address), _EVENT_ALIASES.get(kind, kind))
 
     # ------------------------------------------------------------ fallback: diff snapshots
