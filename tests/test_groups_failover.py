@@ -1,0 +1,147 @@
+"""Priority failover (active-passive) on real backends: a primary group of 3 and a standby
+group of 2, with the standby marked by the policy config's per-address map."""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from helpers import wait_ready, wait_until
+
+import lbclient
+from lbclient.testing import Backend, echo_pb2, echo_pb2_grpc
+
+REQ = echo_pb2.EchoRequest(message="x")
+FACTOR = 1.4
+
+
+def priority_config(standbys: Sequence[Backend], **extra: Any) -> dict[str, Any]:
+    return {"loadBalancingConfig": [{"priority": {
+        "endpoints": {b.address: {"priority": 1} for b in standbys}}}], **extra}
+
+
+def spread(stub: echo_pb2_grpc.EchoStub, n: int, **kwargs: Any) -> collections.Counter[str]:
+    """``n`` sequential calls; which backend answered each."""
+    return collections.Counter(stub.Unary(REQ, timeout=5, **kwargs).address for _ in range(n))
+
+
+def connectivity(ch: lbclient.LoadBalancedChannel, address: str) -> str:
+    return next(e.connectivity for e in ch.endpoints() if e.address == address)
+
+
+def wait_eligible(ch: lbclient.LoadBalancedChannel, n: int, timeout: float = 10.0) -> None:
+    """READY is not enough when health checks are on: wait for ``n`` pickable endpoints."""
+    wait_ready(ch, n, timeout)
+    wait_until(lambda: sum(bool(e.eligible) for e in ch.endpoints()) >= n, timeout,
+               message=f"{n} eligible endpoints")
+
+
+def wait_down(ch: lbclient.LoadBalancedChannel, backends: Sequence[Backend]) -> None:
+    wait_until(lambda: all(connectivity(ch, b.address) != "READY" for b in backends), 10,
+               message=f"{[b.address for b in backends]} to leave READY")
+
+
+def test_primary_group_failover_spill_and_return(fleet_factory: Any) -> None:
+    fleet = fleet_factory(5)
+    primaries, standbys = fleet[:3], fleet[3:]
+    p0 = {b.address for b in primaries}
+    p1 = {b.address for b in standbys}
+    with lbclient.insecure_channel(fleet.target,
+                                   service_config=priority_config(standbys)) as ch:
+        wait_eligible(ch, 5)
+        stub = echo_pb2_grpc.EchoStub(ch)
+
+        # 1. Everyone healthy: every call goes to the primary group, evenly.
+        counts = spread(stub, 300)
+        assert set(counts) == p0, counts
+        assert all(n == 100 for n in counts.values()), counts
+        assert sum(b.calls for b in standbys) == 0
+
+        # 2. Two of three primaries die: 1/3 healthy x 1.4 = 46.7% stays on the
+        #    primary level, 53.3% spills to the standby level.
+        primaries[0].stop()
+        primaries[1].stop()
+        wait_down(ch, primaries[:2])
+        counts = spread(stub, 600)
+        on_primary = sum(counts[a] for a in p0) / 600
+        assert abs(on_primary - FACTOR / 3) < 0.08, counts
+        assert set(counts) == {primaries[2].address, *p1}, counts
+        standby_calls = [counts[a] for a in p1]
+        assert abs(standby_calls[0] - standby_calls[1]) <= 10, counts
+
+        # 3. The last primary dies too: all traffic on the standby, no failed call.
+        #    (Calls start once the channel has seen the loss: lbclient's retries are
+        #    not in the tree yet, so a call already placed on the dying primary could
+        #    fail; wait_for_ready lets calls wait out any gap in between.)
+        primaries[2].stop()
+        wait_down(ch, primaries)
+        counts = spread(stub, 300, wait_for_ready=True)
+        assert set(counts) == p1 and sum(counts.values()) == 300, counts
+
+        # 4. The primaries come back: traffic returns to them.
+        for b in primaries:
+            b.restart()
+        wait_eligible(ch, 5, 30)
+        standby_before = sum(b.calls for b in standbys)
+        counts = spread(stub, 300)
+        assert set(counts) == p0 and all(n == 100 for n in counts.values()), counts
+        assert sum(b.calls for b in standbys) == standby_before
+
+
+def test_concurrent_callers_see_no_failure_when_the_primary_group_dies(
+        fleet_factory: Any) -> None:
+    """Calls keep flowing from 4 threads while the whole primary group is stopped
+    after the channel has moved off it via health: stopping a primary whose health
+    says NOT_SERVING first is how a drained failover looks (no call is in flight
+    on it when it stops)."""
+    fleet = fleet_factory(4)
+    primaries, standbys = fleet[:2], fleet[2:]
+    cfg = priority_config(standbys, healthCheckConfig={"serviceName": ""})
+    failures: list[BaseException] = []
+    done = threading.Event()
+    answered: collections.Counter[str] = collections.Counter()
+    lock = threading.Lock()
+    with lbclient.insecure_channel(fleet.target, service_config=cfg) as ch:
+        wait_eligible(ch, 4)
+        stub = echo_pb2_grpc.EchoStub(ch)
+
+        def caller() -> None:
+            for _ in range(5000):
+                if done.is_set():
+                    return
+                try:
+                    address = stub.Unary(REQ, timeout=5).address
+                except grpc.RpcError as exc:
+                    failures.append(exc)
+                    return
+                with lock:
+                    answered[address] += 1
+
+        threads = [threading.Thread(target=caller) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            wait_until(lambda: sum(answered.values()) >= 100, 10, message="calls flowing")
+            assert not answered.keys() & {b.address for b in standbys}
+            from lbclient.testing import NOT_SERVING
+
+            for b in primaries:
+                b.set_health(NOT_SERVING)
+            wait_until(lambda: all(e.eligible is False for e in ch.endpoints()
+                                   if e.address in {b.address for b in primaries}),
+                       10, message="primaries unhealthy")
+            for b in primaries:
+                b.stop()
+            with lock:
+                before = sum(answered[b.address] for b in standbys)
+            wait_until(lambda: sum(answered[b.address] for b in standbys) >= before + 200,
+                       10, message="standby taking the calls")
+        finally:
+            done.set()
+            for t in threads:
+                t.join(10)
+        assert not failures, failures[:3]
+        assert all(not t.is_alive() for t in threads)
