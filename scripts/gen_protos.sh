@@ -6,6 +6,8 @@
 #
 # Reads   protos/lbclient/testing/echo.proto   (proto file name "lbclient/testing/echo.proto")
 # Writes  lbclient/testing/_proto/{__init__.py,echo_pb2.py,echo_pb2.pyi,echo_pb2_grpc.py}
+# Reads   protos/xds/data/orca/v3/orca_load_report.proto (ORCA load reports, gRFC A51)
+# Writes  lbclient/_proto/{__init__.py,orca_load_report_pb2.py,orca_load_report_pb2.pyi}
 #
 # protoc would place the output in lbclient/testing/ and make echo_pb2_grpc.py import
 # "from lbclient.testing import echo_pb2"; we generate into a scratch directory, move the
@@ -43,3 +45,23 @@ cat >"$OUT/__init__.py" <<'PY'
 """Generated Echo protobuf/grpc modules. Do not edit; run scripts/gen_protos.sh."""
 PY
 echo "generated $OUT/{echo_pb2.py,echo_pb2.pyi,echo_pb2_grpc.py}"
+
+# ORCA: messages only (no service). The generated module registers its file in a private
+# DescriptorPool instead of the default one, so that another copy of the same public
+# file (e.g. from the xds-protos package) can be imported in the same process.
+ORCA_OUT=lbclient/_proto
+"$PYTHON" -m grpc_tools.protoc -Iprotos --python_out="$TMP" --pyi_out="$TMP" \
+    protos/xds/data/orca/v3/orca_load_report.proto
+mkdir -p "$ORCA_OUT"
+sed -e 's/_descriptor_pool\.Default()\.AddSerializedFile(/_descriptor_pool.DescriptorPool().AddSerializedFile(/' \
+    "$TMP/xds/data/orca/v3/orca_load_report_pb2.py" >"$ORCA_OUT/orca_load_report_pb2.py"
+if ! grep -q '_descriptor_pool\.DescriptorPool()\.AddSerializedFile(' "$ORCA_OUT/orca_load_report_pb2.py"; then
+    echo "gen_protos.sh: failed to give the ORCA module a private descriptor pool" >&2
+    exit 1
+fi
+cp "$TMP/xds/data/orca/v3/orca_load_report_pb2.pyi" "$ORCA_OUT/"
+cat >"$ORCA_OUT/__init__.py" <<'PY'
+"""Generated protobuf modules of lbclient (ORCA load reports). Do not edit; run
+scripts/gen_protos.sh."""
+PY
+echo "generated $ORCA_OUT/{orca_load_report_pb2.py,orca_load_report_pb2.pyi}"

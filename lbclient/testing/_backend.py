@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from lbclient._proto.orca_load_report_pb2 import OrcaLoadReport
 from lbclient.testing._proto import echo_pb2, echo_pb2_grpc
 
 HealthStatus = health_pb2.HealthCheckResponse.ServingStatus
@@ -28,6 +29,10 @@ _HEALTH_PREFIX = "/grpc.health.v1.Health/"
 _CODES_BY_NUMBER: dict[int, grpc.StatusCode] = {c.value[0]: c for c in grpc.StatusCode}
 
 Metadata = Sequence[tuple[str, str | bytes]]
+ORCA_TRAILER = "endpoint-load-metrics-bin"  # gRFC A51 per-call load report trailer
+# grpcio clients never see ORCA_TRAILER (gRPC core keeps it for itself), so the report
+# is also sent under this key, which lbclient reads as well.
+ORCA_TRAILER_VISIBLE = "x-endpoint-load-metrics-bin"
 
 
 class _CallEnded(Exception):
@@ -46,7 +51,8 @@ class Backend:
         RPCs are answered from ``set_health`` state and counted in ``health_calls``.
       * Every Echo reply carries ``backend``/``address``; initial metadata holds
         ``("x-backend", name)``; trailing metadata holds ``("x-backend", name)`` plus every
-        request metadata pair whose key starts with ``x-echo-``.
+        request metadata pair whose key starts with ``x-echo-``, plus the ORCA load
+        report trailers while ``set_orca(True)`` is on (see ``set_orca``).
     """
 
     def __init__(
@@ -76,6 +82,9 @@ class Backend:
         self._error_code = grpc.StatusCode.UNAVAILABLE
         self._error_details = "injected failure"
         self._orca = orca
+        self._orca_values = {"cpu_utilization": 0.5, "rps_fractional": 100.0, "eps": 0.0,
+                             "application_utilization": 0.0}
+        self._orca_report = OrcaLoadReport(**self._orca_values).SerializeToString()
         self._health_status: dict[str, int] = {"": SERVING}
         self._calls = 0
         self._calls_by_method: dict[str, int] = {}
@@ -252,10 +261,31 @@ class Backend:
     def hanging(self) -> bool:
         return not self._unhung.is_set()
 
-    def set_orca(self, enabled: bool) -> None:
-        """Store the ORCA flag (reserved for ORCA load-report trailers)."""
+    def set_orca(self, enabled: bool, *, cpu_utilization: float | None = None,
+                 rps_fractional: float | None = None, eps: float | None = None,
+                 application_utilization: float | None = None) -> None:
+        """While enabled, every Echo reply carries an ORCA load report (gRFC A51): the
+        ``endpoint-load-metrics-bin`` trailer holding a serialized
+        ``xds.data.orca.v3.OrcaLoadReport`` with these values, and the same bytes under
+        ``x-endpoint-load-metrics-bin`` (grpcio hides the standard key from applications).
+        A value left as None keeps its previous setting (initially cpu 0.5,
+        rps_fractional 100, eps 0, app 0)."""
         with self._lock:
             self._orca = bool(enabled)
+            for name, value in (("cpu_utilization", cpu_utilization),
+                                ("rps_fractional", rps_fractional), ("eps", eps),
+                                ("application_utilization", application_utilization)):
+                if value is not None:
+                    if value < 0:
+                        raise ValueError(f"{name} must be >= 0, got {value}")
+                    self._orca_values[name] = float(value)
+            self._orca_report = OrcaLoadReport(**self._orca_values).SerializeToString()
+
+    def _orca_trailer(self) -> list[tuple[str, bytes]]:
+        with self._lock:
+            if not self._orca:
+                return []
+            return [(ORCA_TRAILER, self._orca_report), (ORCA_TRAILER_VISIBLE, self._orca_report)]
 
     @property
     def orca(self) -> bool:
@@ -361,6 +391,7 @@ class _Call:
         trailers += [
             (k, v) for k, v in context.invocation_metadata() or () if k.startswith("x-echo-")
         ]
+        trailers += backend._orca_trailer()
         context.set_trailing_metadata(tuple(trailers))
 
     def alive(self) -> bool:

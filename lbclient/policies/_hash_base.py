@@ -1,0 +1,184 @@
+"""What ``ring_hash`` and ``maglev`` share: the key rules, the layout over *every*
+endpoint, and the picker that walks to the next eligible endpoint.
+
+Key rules (gRFC A76): the key is the value of the ``requestHashHeader`` metadata header
+(several values joined with ","), hashed with XXH64 (seed 0). A call without the header
+(or with an empty value, or with no header configured) gets a random hash, so it goes to
+a random endpoint, in proportion to the endpoints' shares of the layout.
+
+Layout: slots (ring points or Maglev table entries) are laid out over every endpoint the
+resolver reported (``Policy.endpoints_changed``), eligible or not, plus any candidate the
+policy was not told about. An endpoint's slot positions come from its hash key: the
+endpoint attribute ``hash_key`` when set (gRFC A76), else its address. An ineligible
+endpoint keeps its slots; a key that lands on one moves to the next slot owned by an
+eligible endpoint, and every other key stays where it was (gRFC A42's picker). The
+layout is rebuilt only when the set of endpoints or their weights change, and is cached.
+
+Bounded load (``hashBalanceFactor``, Envoy's ``hash_balance_factor``): when set, an
+endpoint whose in-flight calls (plus this one) would exceed ``factor/100`` times its
+weighted share of all in-flight calls (plus this one) is skipped like an ineligible one.
+This reads every candidate's counter, so it costs O(n) per pick.
+
+Threading: the policy hooks run under the balancer lock; pickers are immutable.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+from .._validate import get_int
+from ..balancer.picker import Candidate, PickInfo, PickResult
+from ..balancer.policy import Policy, PolicyContext
+from ..endpoint import Endpoint
+from ._common import header_value, weight_of
+from ._hashing import xxhash64
+
+HASH_KEY_ATTRIBUTE = "hash_key"
+
+
+class Layout(Protocol):
+    """Slots over members: ``owners[slot]`` is an index into ``members`` (addresses)."""
+
+    members: tuple[str, ...]
+    owners: Sequence[int]
+
+    def slot(self, h: int) -> int:
+        """The slot a 64-bit key hash lands on."""
+
+
+def parse_balance_factor(obj: Mapping[str, Any], path: str) -> int | None:
+    """Envoy's ``hash_balance_factor``: an integer percentage, at least 100."""
+    if obj.get("hashBalanceFactor") is None:
+        return None
+    return get_int(obj, "hashBalanceFactor", path, 0, minimum=100)
+
+
+def hash_key(endpoint: Endpoint) -> str:
+    """The string an endpoint's slots are derived from (gRFC A76)."""
+    key = endpoint.attributes.get(HASH_KEY_ATTRIBUTE)
+    return key if isinstance(key, str) and key else endpoint.address
+
+
+class HashPicker:
+    """Immutable: the layout, the eligible candidate of each member (or None) and the
+    eligible slots (None when every member is eligible)."""
+
+    __slots__ = ("_layout", "_owners", "_elig", "_elig_slots", "_candidates", "_header",
+                 "_rng", "_factor", "_share")
+
+    def __init__(self, layout: Layout, candidates: Sequence[Candidate], header: str | None,
+                 rng: random.Random, balance_factor: int | None,
+                 weights: Mapping[str, float]) -> None:
+        by_address = {c.address: c for c in candidates}
+        self._layout = layout
+        self._owners = layout.owners
+        self._elig = tuple(by_address.get(a) for a in layout.members)
+        self._candidates = tuple(candidates)
+        if all(e is not None for e in self._elig):
+            self._elig_slots: list[int] | None = None
+        else:
+            self._elig_slots = [s for s, m in enumerate(self._owners)
+                                if self._elig[m] is not None]
+        self._header = header
+        self._rng = rng
+        self._factor = balance_factor / 100.0 if balance_factor is not None else None
+        total = sum(weight_of(weights, c) for c in self._candidates)
+        self._share = {c.address: weight_of(weights, c) / total for c in self._candidates}
+
+    def pick(self, info: PickInfo) -> PickResult:
+        value = header_value(info, self._header)
+        h = xxhash64(value) if value is not None else self._rng.getrandbits(64)
+        walk = self._walk(self._layout.slot(h))
+        first = next(walk, None)
+        if first is None:  # no eligible endpoint owns a slot (zero-point members)
+            return PickResult(self._candidates[int(self._rng.random() * len(
+                self._candidates)) % len(self._candidates)])
+        if not info.exclude and self._factor is None:
+            return PickResult(first)
+        limit = self._limit()
+        c: Candidate | None = first
+        seen: set[str] = set()
+        while c is not None and len(seen) < len(self._candidates):
+            if c.address not in seen:
+                seen.add(c.address)
+                if c.address not in info.exclude and (limit is None or limit(c)):
+                    return PickResult(c)
+            c = next(walk, None)
+        return PickResult(first)
+
+    def _walk(self, slot: int) -> Iterator[Candidate]:
+        """Eligible owners from ``slot`` on, once around the layout."""
+        owners, elig = self._owners, self._elig
+        if self._elig_slots is None:
+            n = len(owners)
+            for k in range(n):
+                c = elig[owners[(slot + k) % n]]
+                assert c is not None
+                yield c
+            return
+        slots = self._elig_slots
+        if not slots:
+            return
+        j = bisect.bisect_left(slots, slot)
+        for k in range(len(slots)):
+            c = elig[owners[slots[(j + k) % len(slots)]]]
+            assert c is not None
+            yield c
+
+    def _limit(self) -> Any:
+        """Envoy's bounded-load test (None when ``hashBalanceFactor`` is unset)."""
+        if self._factor is None:
+            return None
+        total = sum(c.stats.in_flight for c in self._candidates) + 1
+        factor, share = self._factor, self._share
+
+        def fits(c: Candidate) -> bool:
+            return c.stats.in_flight + 1 <= total * factor * share[c.address]
+        return fits
+
+
+class HashPolicy(Policy):
+    """Base of ``ring_hash`` and ``maglev``: subclasses implement ``make_layout``."""
+
+    def __init__(self, config: Any, ctx: PolicyContext) -> None:
+        super().__init__(config, ctx)
+        self._weights: dict[str, float] = dict(config.weights)
+        self._all: tuple[Endpoint, ...] = ()
+        self._layout_key: tuple[Any, ...] | None = None
+        self._layout: Layout | None = None
+
+    def endpoint_weight(self, candidate: Candidate) -> float:
+        return weight_of(self._weights, candidate)
+
+    def endpoints_changed(self, endpoints: Sequence[Endpoint]) -> None:
+        self._all = tuple(endpoints)
+
+    def members(self, candidates: Sequence[Candidate]) -> list[tuple[str, str, float]]:
+        """(hash key, address, weight) of every endpoint known, sorted by hash key then
+        address (layouts are independent of resolver order, like gRPC's)."""
+        endpoints = {e.address: e for e in self._all}
+        for c in candidates:
+            endpoints.setdefault(c.address, c.endpoint)
+        out = [(hash_key(e), a, float(self._weights.get(a, e.weight)))
+               for a, e in endpoints.items()]
+        out.sort()
+        return out
+
+    def layout_for(self, candidates: Sequence[Candidate]) -> Layout:
+        members = self.members(candidates)
+        key = tuple(members)
+        if self._layout is None or key != self._layout_key:
+            self._layout = self.make_layout(members)
+            self._layout_key = key
+        return self._layout
+
+    def make_layout(self, members: list[tuple[str, str, float]]) -> Layout:
+        raise NotImplementedError
+
+    def build_picker(self, candidates: Sequence[Candidate]) -> HashPicker:
+        cfg = self.config
+        return HashPicker(self.layout_for(candidates), candidates, cfg.request_hash_header,
+                          self.ctx.rng, cfg.hash_balance_factor, self._weights)

@@ -1,0 +1,137 @@
+"""``ring_hash``: consistent hashing on a ring (gRFC A42, with A76's request header).
+Also registered as gRPC's older name, ``ring_hash_experimental``.
+
+Config (gRPC's fields and defaults, plus Envoy's bounded load and lbclient's weights)::
+
+    {"minRingSize": 1024,                  # 1 .. 8,388,608 (8M, gRPC's upper bound)
+     "maxRingSize": 4096,                  # 1 .. 8M, and >= minRingSize
+     "requestHashHeader": "x-user-id",     # A76: the key; not a "-bin" header
+     "hashBalanceFactor": 150,             # optional, >= 100 (Envoy's bounded load)
+     "weights": {"host:port": 2}}          # optional per-address weights
+
+The ring is built as gRPC and Envoy build it: endpoints sorted by hash key (the
+``hash_key`` attribute, else the address), each weight normalized by the total, the
+scale ``min(ceil(min_weight * minRingSize) / min_weight, maxRingSize)``, and endpoint
+``e`` placed at ``XXH64("<key>_<i>")`` for its share of ``scale`` points (cumulative
+rounding). A call's key is ``XXH64`` of the header value; it goes to the first point at
+or after it, wrapping around. So the ring, and which endpoint a key goes to, is the same
+in every process and for every client given the same endpoints (see ``_hashing``).
+
+Key rules, ineligible endpoints and bounded load: see ``_hash_base``. Keys of an
+ineligible endpoint go to the next eligible endpoint on the ring; no other key moves.
+Removing an endpoint from discovery rebuilds the ring for the new list (as gRPC does),
+which also moves a few percent of the other keys because every share grows.
+
+Picks are O(log ring); a ring is rebuilt (O(ring) hashes, cached per hash key) only when
+the endpoint list or weights change.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .._validate import expect_object, get_int, reject_unknown
+from ..balancer.policy import PolicyContext, PolicySpec, register_policy
+from ..errors import ServiceConfigError
+from ._common import Weights, parse_header, parse_weights
+from ._hash_base import HashPolicy, Layout, parse_balance_factor
+from ._hashing import xxhash64
+
+NAME = "ring_hash"
+GRPC_NAME = "ring_hash_experimental"
+DEFAULT_MIN_RING_SIZE = 1024
+DEFAULT_MAX_RING_SIZE = 4096
+RING_SIZE_UPPER_BOUND = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    min_ring_size: int = DEFAULT_MIN_RING_SIZE
+    max_ring_size: int = DEFAULT_MAX_RING_SIZE
+    request_hash_header: str | None = None
+    hash_balance_factor: int | None = None
+    weights: Weights = ()
+
+
+def parse_config(raw: Any, path: str) -> Config:
+    obj = expect_object(raw if raw is not None else {}, path)
+    reject_unknown(obj, path, {"minRingSize", "maxRingSize", "requestHashHeader",
+                               "hashBalanceFactor", "weights"})
+    lo = get_int(obj, "minRingSize", path, DEFAULT_MIN_RING_SIZE, minimum=1,
+                 maximum=RING_SIZE_UPPER_BOUND)
+    hi = get_int(obj, "maxRingSize", path, DEFAULT_MAX_RING_SIZE, minimum=1,
+                 maximum=RING_SIZE_UPPER_BOUND)
+    if lo > hi:
+        raise ServiceConfigError(f"{path}.minRingSize" if path else "minRingSize",
+                                 f"must not exceed maxRingSize ({lo} > {hi})")
+    return Config(lo, hi, parse_header(obj, "requestHashHeader", path),
+                  parse_balance_factor(obj, path), parse_weights(obj, path))
+
+
+class Ring:
+    """Sorted point hashes and, for each point, the index of its member."""
+
+    __slots__ = ("members", "owners", "hashes")
+
+    def __init__(self, members: tuple[str, ...], points: list[tuple[int, int]]) -> None:
+        points.sort()
+        self.members = members
+        self.hashes = [h for h, _ in points]
+        self.owners = [m for _, m in points]
+
+    def slot(self, h: int) -> int:
+        i = bisect.bisect_left(self.hashes, h)
+        return 0 if i == len(self.hashes) else i
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+
+def point_counts(weights: Sequence[float], min_size: int, max_size: int) -> list[int]:
+    """Points per member (in the given order) by gRPC's/Envoy's rule."""
+    total = sum(weights)
+    norm = [w / total for w in weights]
+    low = min(norm)
+    scale = min(math.ceil(low * min_size) / low, float(max_size))
+    counts: list[int] = []
+    current, target = 0, 0.0
+    for nw in norm:
+        target += scale * nw
+        reach = max(current, math.ceil(target))
+        counts.append(reach - current)
+        current = reach
+    return counts
+
+
+class RingHash(HashPolicy):
+    config: Config
+
+    def __init__(self, config: Config, ctx: PolicyContext) -> None:
+        super().__init__(config, ctx)
+        self._points: dict[str, list[int]] = {}  # hash key -> XXH64("<key>_<i>"), i = 0..
+
+    def _point_hashes(self, key: str, count: int) -> list[int]:
+        cached = self._points.setdefault(key, [])
+        for i in range(len(cached), count):
+            cached.append(xxhash64(f"{key}_{i}"))
+        return cached[:count]
+
+    def make_layout(self, members: list[tuple[str, str, float]]) -> Layout:
+        counts = point_counts([w for _, _, w in members], self.config.min_ring_size,
+                              self.config.max_ring_size)
+        points: list[tuple[int, int]] = []
+        for m, ((key, _, _), count) in enumerate(zip(members, counts, strict=True)):
+            points.extend((h, m) for h in self._point_hashes(key, count))
+        keys = {key for key, _, _ in members}
+        for key in list(self._points):
+            if key not in keys:
+                del self._points[key]
+        return Ring(tuple(a for _, a, _ in members), points)
+
+
+SPEC = PolicySpec(NAME, parse_config, RingHash, weight_aware=True)
+register_policy(SPEC, GRPC_NAME)
