@@ -1,0 +1,1 @@
+"""lbclient benchmarks: ``python -m benchmarks.run [--quick]`` (see README.md)."""

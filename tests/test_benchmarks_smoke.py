@@ -1,0 +1,165 @@
+"""The benchmark harness works: runner discovery and statuses, the shared statistics, and
+one real scenario (overhead: raw grpc vs native round_robin vs lbclient, backends in a
+child process) in its minimal mode. Structure only — never speed."""
+
+from __future__ import annotations
+
+import math
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from benchmarks import _common, bench_hashing, run
+from benchmarks._common import Table
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, float) and math.isfinite(value)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def test_interleave_rotates_order_and_keeps_repetition_order() -> None:
+    seen: list[str] = []
+    out = _common.interleave({k: (lambda k=k: seen.append(k) or len(seen))
+                              for k in "abc"}, reps=3)
+    assert seen == list("abcbcacab")
+    assert out == {"a": [1, 6, 8], "b": [2, 4, 9], "c": [3, 5, 7]}
+
+
+def test_summary_and_paired_ratios() -> None:
+    s = _common.summarize([3.0, 1.0, 2.0, 10.0])
+    assert (s.median, s.lo, s.hi, s.n) == (2.5, 1.0, 10.0, 4)
+    assert s.spread == pytest.approx(9.0 / 2.5)
+    assert _common.paired_ratios([2.0, 9.0], [1.0, 3.0]) == [2.0, 3.0]
+    assert _common.fmt_summary(s, "{:.1f}") == "2.5 (1.0–10.0)"
+    with pytest.raises(ValueError):
+        _common.paired_ratios([1.0], [1.0, 2.0])
+    with pytest.raises(ValueError):
+        _common.summarize([])
+
+
+def test_run_load_counts_calls_errors_and_threads() -> None:
+    calls: list[int] = []
+
+    def call(i: int) -> None:
+        calls.append(i)
+        if i % 10 == 0:
+            raise RuntimeError("boom")
+
+    m = _common.run_load(call, 95, threads=4)
+    assert sorted(calls) == list(range(95))
+    assert (m.calls, m.errors) == (95, 10)
+    assert m.wall > 0 and m.cpu >= 0 and _finite(m.rate) and _finite(m.cpu_per_call)
+
+
+def test_table_markdown_escapes_and_pads() -> None:
+    md = Table(["a", "b"], [["x|y"]], caption="cap").to_markdown()
+    assert md.splitlines() == ["*cap*", "", "| a | b |", "|---|---|", "| x\\|y |  |"]
+
+
+# ----------------------------------------------------------------------------- runner
+
+
+@pytest.fixture
+def fake_package(tmp_path: Path) -> Path:
+    """A package of three scenario modules: not integrated, raising, and working."""
+    pkg = tmp_path / "fakebench"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "bench_plain.py").write_text('"""No run() yet."""\n')
+    (pkg / "bench_broken.py").write_text(textwrap.dedent("""
+        SCENARIO = 2
+        def run(quick):
+            raise RuntimeError("backend exploded")
+    """))
+    (pkg / "bench_good.py").write_text(textwrap.dedent("""
+        from benchmarks._common import Section
+        SCENARIO = 1
+        TITLE = "Good one"
+        def run(quick):
+            return Section(TITLE, notes=[f"quick={quick}"], metrics={"x": 1.0})
+    """))
+    sys.path.insert(0, str(tmp_path))
+    yield pkg
+    sys.path.remove(str(tmp_path))
+    for name in [m for m in sys.modules if m.startswith("fakebench")]:
+        del sys.modules[name]
+
+
+def test_runner_reports_modules_without_run_and_failures(fake_package: Path) -> None:
+    scenarios = run.discover(str(fake_package), "fakebench")
+    assert [s.name for s in scenarios] == ["broken", "good", "plain"]
+    results = run.collect(scenarios, "quick")
+    by_name = {s.name: sec for s, sec in results}
+    assert [s.name for s, _ in results] == ["good", "broken", "plain"]  # SCENARIO order
+    assert by_name["good"].status == "ok" and by_name["good"].notes == ["quick=True"]
+    assert by_name["broken"].status == "failed"
+    assert "backend exploded" in by_name["broken"].notes[0]
+    assert by_name["plain"].status == "not integrated"
+    text = run.render(results, {"cpu": "test"}, "python -m benchmarks.run", "quick", 1.0)
+    assert "| plain | bench_plain.py | not integrated |" in text
+    assert "| Good one | bench_good.py | ok |" in text
+    assert "**Status: not integrated.**" in text and "**Status: failed.**" in text
+    assert "## Good one" in text and "| cpu | test |" in text
+
+
+def test_select_rejects_unknown_names() -> None:
+    scenarios = run.discover()
+    assert [s.name for s in run.select(scenarios, "bench_overhead, hashing")] == [
+        "overhead", "hashing"]
+    with pytest.raises(ValueError, match="nosuch"):
+        run.select(scenarios, "overhead,nosuch")
+
+
+def test_hashing_smoke_modulo_moves_most_keys() -> None:
+    section = bench_hashing.run_smoke()
+    assert section.status == "ok" and section.tables
+    moved = section.metrics["n10.modulo.moved"]
+    had_to = section.metrics["n10.modulo.had_to_move"]
+    assert 0.0 < had_to < 0.3 and moved > 0.5  # modulo shifts almost every key
+    assert all(_finite(v) for v in section.metrics.values())
+
+
+# ----------------------------------------------------------------------------- overhead
+
+
+def test_runner_main_writes_results_with_machine_and_command(tmp_path: Path) -> None:
+    out = tmp_path / "RESULTS.md"
+    assert run.main(["--smoke", "--only", "hashing", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("# lbclient benchmarks")
+    for fact in ("| date |", "| cpu |", "| cores |", "| python |", "| grpcio |", "| lbclient |",
+                 "`python -m benchmarks.run --smoke --only hashing --out"):
+        assert fact in text, fact
+    assert "## Consistent hashing" in text and "Status:" not in text
+
+
+def test_overhead_smoke_gives_finite_ratios_for_every_variant() -> None:
+    """Raw grpc vs native round_robin vs lbclient round_robin, backends in a child
+    process, a few hundred calls per variant, through the runner."""
+    from benchmarks import bench_overhead
+
+    [(_, section)] = run.collect(run.select(run.discover(), "overhead"), "smoke")
+    assert section.status == "ok", section.notes
+    m = section.metrics
+    for t in bench_overhead.SMOKE.threads:
+        for slug in ("raw", "native_round_robin", "lbclient_round_robin"):
+            key = f"t{t}.{slug}"
+            assert m[f"{key}.errors"] == 0.0, key
+            for k in ("calls_per_s", "cpu_us_per_call", "throughput_vs_native", "cpu_vs_raw"):
+                assert _finite(m[f"{key}.{k}"]) and m[f"{key}.{k}"] > 0, f"{key}.{k}"
+        assert m[f"t{t}.native_round_robin.throughput_vs_native"] == 1.0
+        assert m[f"t{t}.raw.cpu_vs_raw"] == 1.0
+    # the goals table, then one table per thread count; every variant reached its backends
+    assert len(section.tables) == 1 + len(bench_overhead.SMOKE.threads)
+    assert [row[0] for row in section.tables[0].rows] == [
+        str(t) for t in bench_overhead.SMOKE.threads]
+    for table in section.tables[1:]:
+        assert [row[5] for row in table.rows] == ["1/1", "3/3", "3/3"]
+    text = run.render([(run.Scenario("overhead", "benchmarks.bench_overhead"), section)],
+                      {}, "cmd", "smoke", section.seconds)
+    assert "## Overhead" in text and "calls/s ÷ native rr" in text
