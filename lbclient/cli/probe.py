@@ -110,43 +110,57 @@ def resolve(target: str, timeout: float) -> list[Endpoint]:
 def probe_endpoint(endpoint: Endpoint, health_service: str, method: str | None, calls: int,
                    timeout: float, credentials: grpc.ChannelCredentials | None = None,
                    ) -> ProbeResult:
+    """Probe one endpoint on a fresh connection.
+
+    ``connect_time`` is the time to the first health answer on a new connection (TCP,
+    HTTP/2 setup and one round trip; grpc's connectivity poller is too coarse to time the
+    handshake alone); the latency columns come from a second Check, or from the
+    ``method`` calls when one is given."""
     result = ProbeResult(endpoint.address, endpoint.weight)
     target = grpc_target(endpoint.address)
     channel = (grpc.secure_channel(target, credentials) if credentials is not None
                else grpc.insecure_channel(target))
     try:
         t0 = time.perf_counter()
-        try:
-            grpc.channel_ready_future(channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            result.health, result.error = "UNREACHABLE", f"not connected within {timeout:g}s"
+        reached = _check_health(channel, health_service, timeout, result, wait=True)
+        if not reached:
             return result
         result.connect_time = time.perf_counter() - t0
-        _check_health(channel, health_service, timeout, result)
         if method:
             _call(channel, method, calls, timeout, result)
+        else:
+            t1 = time.perf_counter()
+            if _check_health(channel, health_service, timeout, ProbeResult("", 0)):
+                result.latencies.append(time.perf_counter() - t1)
         return result
     finally:
         channel.close()
 
 
 def _check_health(channel: grpc.Channel, service: str, timeout: float,
-                  result: ProbeResult) -> None:
+                  result: ProbeResult, wait: bool = False) -> bool:
+    """One Health/Check into ``result``; False if the endpoint was not reached."""
     stub = health_pb2_grpc.HealthStub(channel)
     try:
-        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout,
+                           wait_for_ready=wait)
     except grpc.RpcError as exc:
         code = exc.code() if isinstance(exc, grpc.Call) else None
         if code is grpc.StatusCode.UNIMPLEMENTED:
             result.health, result.healthy = "UNIMPLEMENTED (assumed healthy)", True
         elif code is grpc.StatusCode.NOT_FOUND:
             result.health = "SERVICE_UNKNOWN"
+        elif code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+            result.health = "UNREACHABLE"
+            result.error = f"no answer within {timeout:g}s ({code.name})"
+            return False
         else:
             result.health = code.name if code is not None else "ERROR"
             result.error = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-        return
+        return True
     result.health = _STATUS.get(reply.status, str(reply.status))
     result.healthy = reply.status == health_pb2.HealthCheckResponse.SERVING
+    return True
 
 
 def _call(channel: grpc.Channel, method: str, calls: int, timeout: float,
@@ -166,18 +180,18 @@ def _call(channel: grpc.Channel, method: str, calls: int, timeout: float,
 
 
 def render(results: Sequence[ProbeResult], with_calls: bool) -> str:
-    headers = ["address", "weight", "health", "connect"]
+    headers = ["address", "weight", "health", "connect", "p50", "max"]
     if with_calls:
-        headers += ["p50", "max", "calls"]
+        headers.append("calls")
     rows = []
     for r in results:
-        row = [r.address, str(r.weight), r.health, ms(r.connect_time)]
+        lat = sorted(r.latencies)
+        row = [r.address, str(r.weight), r.health, ms(r.connect_time),
+               ms(percentile(lat, 0.5)), ms(lat[-1] if lat else None)]
         if with_calls:
-            lat = sorted(r.latencies)
-            row += [ms(percentile(lat, 0.5)), ms(lat[-1] if lat else None),
-                    " ".join(f"{k}:{v}" for k, v in sorted(r.codes.items())) or "-"]
+            row.append(" ".join(f"{k}:{v}" for k, v in sorted(r.codes.items())) or "-")
         rows.append(row)
-    return format_table(headers, rows, right=(1, 3, 4, 5) if with_calls else (1, 3))
+    return format_table(headers, rows, right=(1, 3, 4, 5))
 
 
 def run(args: argparse.Namespace) -> int:
