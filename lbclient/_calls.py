@@ -2,8 +2,14 @@
 
 Each call: look up the method config (default deadline, waitForReady, retry policy),
 then either run one attempt through the :class:`Invoker` or hand the call to the retry
-layer. Responses, errors, metadata and ``grpc.Call`` objects are grpc's own, so callers
-and interceptors see exactly what a plain grpc channel gives them.
+layer (``_retry.Retrier``: ``blocking``/``future``/``stream`` take the call's own
+arguments and build every attempt themselves). Responses, errors, metadata and
+``grpc.Call`` objects are grpc's own (the retry layer returns look-alikes that also
+report ``grpc-previous-rpc-attempts``), so callers and interceptors see what a plain
+grpc channel gives them.
+
+Deadline: the caller's timeout, or the method config's ``timeout`` when that is shorter
+or the caller gave none; it is fixed here, once, and every attempt shares it.
 """
 
 from __future__ import annotations
@@ -51,7 +57,8 @@ class _UnaryLike(_Base):
 
         retry = self._ch._retrier
         if retry is not None and mc is not None and (mc.retry_policy or mc.hedging_policy):
-            return retry.blocking(self._args, mc, request, deadline, metadata, wfr, call)
+            return retry.blocking(self._args, mc, request, deadline, metadata, wfr,
+                                  credentials, compression)
         return self._ch._invoker.run(self._args, metadata, deadline, wfr, frozenset(), call)
 
     def __call__(self, request: Any, timeout: float | None = None, metadata: Any = None,

@@ -19,6 +19,7 @@ import grpc
 
 from ._calls import StreamStream, StreamUnary, UnaryStream, UnaryUnary
 from ._invoke import Invoker
+from ._retry import configure_retrier
 from ._scheduler import ThreadScheduler
 from ._subchannel import TO_GRPC, SubchannelFactory
 from .balancer.balancer import Balancer, EndpointInfo
@@ -84,6 +85,8 @@ class LoadBalancedChannel(grpc.Channel):
         options = parse_balancing_options(config.raw.get(LBCLIENT_FIELD))  # may raise
         self._config = config
         self._methods = MethodConfigTable(config.method_configs)
+        self._retrier = configure_retrier(self._retrier, config, self._invoker,
+                                          self._balancer, self._scheduler)
         self._balancer.set_options(options)
         self._balancer.set_health_check(config.health_check)
         self._balancer.set_policy(config.lb.spec, config.lb.config)

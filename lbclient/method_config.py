@@ -115,9 +115,10 @@ class HedgingPolicy:
 
 @dataclass(frozen=True)
 class RetryThrottling:
-    """gRFC A6 ``retryThrottling``: ``maxTokens`` in (0, 1000], ``tokenRatio`` > 0."""
+    """gRFC A6 ``retryThrottling``: ``maxTokens`` an integer in (0, 1000], ``tokenRatio`` a
+    number > 0 of which only three decimal places count (0.5466 is 0.546)."""
 
-    max_tokens: float
+    max_tokens: int
     token_ratio: float
 
     @classmethod
@@ -127,11 +128,18 @@ class RetryThrottling:
         for key in ("maxTokens", "tokenRatio"):
             if obj.get(key) is None:
                 raise ServiceConfigError(join(path, key), "is required")
-        max_tokens = get_number(obj, "maxTokens", path, 0, minimum=0, maximum=1000,
-                                exclusive_minimum=True)
+        max_tokens = get_int(obj, "maxTokens", path, 0)
+        if not 0 < max_tokens <= 1000:
+            raise ServiceConfigError(join(path, "maxTokens"),
+                                     f"must be greater than 0 and at most 1000, got {max_tokens}")
         ratio = get_number(obj, "tokenRatio", path, 0, minimum=0, exclusive_minimum=True)
-        # gRFC A6: tokenRatio is used with up to three decimal places.
-        return cls(max_tokens, round(ratio, 3))
+        # gRFC A6: "Decimal places beyond 3 are ignored" (truncated, as gRPC core does).
+        milli = int(round(ratio * 1000, 6))  # round() first: 1.001 * 1000 is 1000.999...
+        if milli <= 0:
+            raise ServiceConfigError(join(path, "tokenRatio"),
+                                     f"must be at least 0.001 (three decimal places count), "
+                                     f"got {ratio!r}")
+        return cls(max_tokens, milli / 1000)
 
 
 @dataclass(frozen=True)
