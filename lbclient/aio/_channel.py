@@ -25,9 +25,12 @@ from ..balancer.picker import CallOutcome, PickError, PickInfo, PickResult
 from ..config import ServiceConfig, parse_service_config
 from ..connectivity import Connectivity
 from ..errors import ServiceConfigError
+from ..health.options import FIELD as LBCLIENT_FIELD
+from ..health.options import parse_balancing_options
 from ..method_config import MethodConfig, MethodConfigTable
 from ..resolver.base import ResolverState, create_resolver, parse_target, validate_target
 from ._calls import StreamStream, StreamUnary, UnaryStream, UnaryUnary, _error
+from ._health import AioHealthCheckerFactory
 from ._scheduler import LoopScheduler
 from ._subchannel import AioSubchannelFactory
 
@@ -60,7 +63,8 @@ class LoadBalancedChannel(grpc.aio.Channel):
         self._factory = AioSubchannelFactory(credentials, opts, interceptors)
         self._balancer = Balancer(self._factory, clock=self._loop.time,
                                   rng=rng or random.Random(), scheduler=self._scheduler,
-                                  on_endpoint_failure=self._on_endpoint_failure)
+                                  on_endpoint_failure=self._on_endpoint_failure,
+                                  health_factory=AioHealthCheckerFactory())
         self._failure_codes = SERVER_FAILURE_CODES
         self._call_listener: Callable[[str, CallOutcome], None] | None = None
         self._methods = MethodConfigTable(())
@@ -75,9 +79,13 @@ class LoadBalancedChannel(grpc.aio.Channel):
     def _apply_config(self, config: ServiceConfig) -> None:
         if self._config is not None and config.raw == self._config.raw:
             return
+        options = parse_balancing_options(config.raw.get(LBCLIENT_FIELD))  # may raise
         self._config = config
         self._methods = MethodConfigTable(config.method_configs)
+        self._balancer.set_options(options)
+        self._balancer.set_health_check(config.health_check)
         self._balancer.set_policy(config.lb.spec, config.lb.config)
+        self._failure_codes = self._balancer.failure_codes
 
     def _method_config(self, method: str) -> MethodConfig | None:
         return self._methods.lookup(method) if self._methods else None
