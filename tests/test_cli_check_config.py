@@ -1,0 +1,138 @@
+"""``lbclient check-config``: valid configs print the effective settings, bad ones the
+JSON path of the error (exit 1)."""
+
+from __future__ import annotations
+
+import io
+import json
+import pathlib
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from lbclient.balancer.policy import get_policy
+from lbclient.cli import check_config as cc
+from lbclient.cli import main
+from lbclient.config import parse_service_config
+
+
+def write(tmp_path: pathlib.Path, config: Any, name: str = "sc.json") -> str:
+    path = tmp_path / name
+    path.write_text(config if isinstance(config, str) else json.dumps(config))
+    return str(path)
+
+
+def test_good_file_prints_policy_and_defaults(tmp_path: pathlib.Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, {
+        "loadBalancingConfig": [{"not_a_policy": {}}, {"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": "orders"},
+        "methodConfig": [{"name": [{"service": "pkg.Orders"}], "timeout": "1.5s",
+                          "retryPolicy": {"maxAttempts": 7, "initialBackoff": "0.1s",
+                                          "maxBackoff": "1s", "backoffMultiplier": 2,
+                                          "retryableStatusCodes": ["unavailable"]}}]})
+    assert main(["check-config", path]) == 0
+    out = capsys.readouterr().out
+    assert "policy: round_robin" in out
+    assert "skipped (not known to lbclient): not_a_policy" in out
+    assert "active health checking: on (service 'orders', mode watch)" in out
+    settings = json.loads(out[out.index("{"):])
+    hc = settings["healthCheckConfig"]
+    assert hc["interval"] == 10.0 and hc["unhealthy_threshold"] == 3     # defaults filled
+    (mc,) = settings["methodConfig"]
+    assert mc["names"] == [{"service": "pkg.Orders", "method": ""}]
+    assert mc["timeout"] == 1.5
+    assert mc["retry_policy"]["max_attempts"] == 5                       # gRFC A6 cap
+    assert mc["retry_policy"]["retryable_status_codes"] == ["UNAVAILABLE"]
+    assert settings["policy"] == {"round_robin": {}}
+
+
+def test_json_mode_is_only_json(tmp_path: pathlib.Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, {"loadBalancingConfig": [{"pick_first": {}}]})
+    assert main(["check-config", "--json", path]) == 0
+    settings = json.loads(capsys.readouterr().out)
+    assert settings["policy"] == {"pick_first": {"shuffle_address_list": False}}
+    assert settings["healthCheckConfig"] is None and settings["methodConfig"] == []
+
+
+def test_wrapper_policy_chain_and_child_defaults(tmp_path: pathlib.Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    if get_policy("outlier_detection") is None:
+        pytest.skip("outlier_detection is not registered")
+    path = write(tmp_path, {"loadBalancingConfig": [{"outlier_detection": {
+        "childPolicy": [{"round_robin": {}}]}}]})
+    assert main(["check-config", path]) == 0
+    out = capsys.readouterr().out
+    assert "policy: outlier_detection -> round_robin" in out
+    settings = json.loads(out[out.index("{"):])
+    od = settings["policy"]["outlier_detection"]
+    assert json.dumps(od).count('"round_robin"') == 1                   # child named once
+    assert "300.0" in json.dumps(od)                                     # maxEjectionTime default
+
+
+@pytest.mark.parametrize(("config", "path"), [
+    ({"loadBalancingConfig": [{"round_robin": {"x": 1}}]}, "loadBalancingConfig[0].round_robin.x"),
+    ({"loadBalancingConfig": [{"nope": {}}]}, "loadBalancingConfig"),
+    ({"methodConfig": [{"name": [{}], "timeout": "abc"}]}, "methodConfig[0].timeout"),
+    ({"healthCheckConfig": {"mode": "sometimes"}}, "healthCheckConfig.mode"),
+    ("{not json", "<root>"),
+    ([1, 2], "<root>"),
+])
+def test_bad_file_names_the_json_path(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str],
+                                      config: Any, path: str) -> None:
+    file = write(tmp_path, config)
+    assert main(["check-config", file]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"error at {path}: "), captured.err
+
+
+def test_missing_file(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(tmp_path / "absent.json")]) == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_stdin(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    args = argparse.Namespace(file="-", json=False)
+    assert cc.run(args, stdin=io.StringIO('{"loadBalancingPolicy": "round_robin"}')) == 0
+    assert "OK: stdin is a valid service config" in capsys.readouterr().out
+    assert cc.run(args, stdin=io.StringIO('{"loadBalancingPolicy": "nope"}')) == 1
+    assert "error at loadBalancingPolicy: unknown policy 'nope'" in capsys.readouterr().err
+
+
+def test_every_example_policy_checks(capsys: pytest.CaptureFixture[str]) -> None:
+    """examples/policies.json: each registered policy's entry is valid and is chosen."""
+    examples = json.loads((pathlib.Path(__file__).parent.parent / "examples" /
+                           "policies.json").read_text())
+    for name, config in examples.items():
+        if get_policy(name) is None:
+            continue
+        parsed = parse_service_config(config)
+        assert parsed.lb.name == name
+        settings = cc.describe(parsed)
+        assert name in settings["policy"]
+        json.dumps(settings)          # JSON-ready all the way down
+
+
+def test_to_plain_handles_sets_enums_and_unknowns() -> None:
+    import enum
+
+    class Color(enum.Enum):
+        RED = 1
+
+    assert cc.to_plain({"a": frozenset({"b", "a"}), "c": (Color.RED, 1.5)}) == {
+        "a": ["a", "b"], "c": ["RED", 1.5]}
+    assert cc.to_plain(object()).startswith("<object")
+
+
+def test_stdin_dash_through_the_real_entry_point() -> None:
+    proc = subprocess.run([sys.executable, "-m", "lbclient", "check-config", "-"],
+                          input='{"loadBalancingConfig": [{"round_robin": {"bad": 1}}]}',
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "error at loadBalancingConfig[0].round_robin.bad" in proc.stderr

@@ -1,0 +1,114 @@
+"""``lbclient probe`` against real fake backends: one row per endpoint with its health,
+exit 0 while any endpoint is healthy, 1 when none is, 2 for bad input."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from lbclient.cli import main
+from lbclient.cli.probe import probe_endpoint, resolve
+from lbclient.endpoint import Endpoint
+from lbclient.testing import NOT_SERVING, Backend
+from lbclient.testing.pytest_plugin import FleetFactory
+
+ECHO_UNARY = "/lbclient.testing.echo.v1.Echo/Unary"
+
+
+def rows(out: str) -> dict[str, str]:
+    """address -> its table row."""
+    return {line.split()[0]: line for line in out.splitlines() if line.startswith("127.0.0.1:")}
+
+
+def test_marks_the_not_serving_backend(fleet_factory: FleetFactory,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    fleet = fleet_factory(3)
+    fleet[1].set_health(NOT_SERVING)
+    assert main(["probe", fleet.target, "--timeout", "5"]) == 0
+    out = capsys.readouterr().out
+    table = rows(out)
+    assert set(table) == set(fleet.addresses)
+    assert " NOT_SERVING " in table[fleet[1].address]
+    for b in (fleet[0], fleet[2]):
+        assert " SERVING " in table[b.address] and "NOT_SERVING" not in table[b.address]
+        assert "ms" in table[b.address]                        # connect time measured
+    assert "2/3 endpoints healthy" in out
+
+
+def test_none_healthy_exits_1(fleet_factory: FleetFactory,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    fleet = fleet_factory(2)
+    for b in fleet:
+        b.set_health(NOT_SERVING)
+    assert main(["probe", fleet.target, "--timeout", "5"]) == 1
+    assert "0/2 endpoints healthy" in capsys.readouterr().out
+
+
+def test_stopped_backend_is_unreachable(fleet_factory: FleetFactory,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    fleet = fleet_factory(2)
+    fleet[1].stop()
+    assert main(["probe", fleet.target, "--timeout", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "UNREACHABLE" in rows(out)[fleet[1].address]
+    assert f"{fleet[1].address}: no answer within 1s" in out
+
+
+def test_method_calls_with_empty_requests(fleet_factory: FleetFactory,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    fleet = fleet_factory(2)
+    fleet[1].set_error_rate(1.0)
+    assert main(["probe", fleet.target, "--method", ECHO_UNARY, "--calls", "4",
+                 "--timeout", "5"]) == 0
+    table = rows(capsys.readouterr().out)
+    assert table[fleet[0].address].endswith("OK:4")
+    assert table[fleet[1].address].endswith("UNAVAILABLE:4")
+    assert fleet[0].calls == 4 and fleet[1].calls == 4          # the calls really happened
+
+
+def test_health_service_from_the_service_config(fleet_factory: FleetFactory,
+                                                tmp_path: pathlib.Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    fleet = fleet_factory(2)
+    fleet[0].set_health(True, service="orders")
+    fleet[1].set_health(NOT_SERVING, service="orders")
+    config = tmp_path / "sc.json"
+    config.write_text(json.dumps({"healthCheckConfig": {"serviceName": "orders"}}))
+    assert main(["probe", fleet.target, "--service-config", f"@{config}",
+                 "--timeout", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "policy: round_robin" in out
+    assert " NOT_SERVING " in rows(out)[fleet[1].address]
+    # --health-service wins over the config; an unknown name is unhealthy everywhere.
+    assert main(["probe", fleet.target, "--service-config", f"@{config}",
+                 "--health-service", "billing", "--timeout", "5"]) == 1
+    assert all("SERVICE_UNKNOWN" in r for r in rows(capsys.readouterr().out).values())
+
+
+def test_backend_without_health_service_is_assumed_healthy(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with Backend(health=False) as backend:
+        assert main(["probe", f"ipv4:{backend.address}", "--timeout", "5"]) == 0
+        assert "UNIMPLEMENTED (assumed healthy)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [
+    ["probe", "ipv4:not-an-ip:1"],
+    ["probe", "ipv4:127.0.0.1:1", "--service-config", '{"loadBalancingConfig": 3}'],
+    ["probe", "ipv4:127.0.0.1:1", "--service-config", "@/nonexistent/sc.json"],
+])
+def test_bad_input_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith("error")
+
+
+def test_resolve_and_probe_endpoint_directly(fleet_factory: FleetFactory) -> None:
+    fleet = fleet_factory(2)
+    endpoints = resolve(fleet.target, 5.0)
+    assert [e.address for e in endpoints] == fleet.addresses
+    result = probe_endpoint(Endpoint(fleet[0].address, 3), "", ECHO_UNARY, 2, 5.0)
+    assert result.healthy and result.weight == 3
+    assert result.codes == {"OK": 2} and len(result.latencies) == 2
+    assert result.connect_time is not None and result.connect_time > 0
