@@ -30,6 +30,7 @@ from .errors import (
     ResolverError,
     ServiceConfigError,
 )
+from .health.events import EndpointEvent
 from .resolver import Resolver, ResolverListener, ResolverState, Target, register_resolver
 
 __version__ = "0.1.0"
@@ -39,6 +40,7 @@ __all__ = [
     "Candidate",
     "Connectivity",
     "Endpoint",
+    "EndpointEvent",
     "EndpointInfo",
     "EndpointStats",
     "InvalidTargetError",
