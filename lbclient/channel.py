@@ -114,6 +114,7 @@ class LoadBalancedChannel(grpc.Channel):
             self.on_resolver_error(ValueError("resolver returned no endpoints"))
             return
         self._balancer.update_endpoints(state.endpoints)
+        self._deliver_resolver(state, None)
 
     def on_resolver_error(self, error: Exception) -> None:
         if self._closed:
@@ -121,6 +122,7 @@ class LoadBalancedChannel(grpc.Channel):
         log.warning("resolver error for %s: %s (keeping %d endpoints)", self._target.raw,
                     error, len(self._balancer.records()))
         self._balancer.resolver_error(str(error))
+        self._deliver_resolver(None, error)
 
     def _on_endpoint_failure(self, address: str) -> None:
         resolver = getattr(self, "_resolver", None)
@@ -262,6 +264,33 @@ class LoadBalancedChannel(grpc.Channel):
                 fn(address, outcome)
             except Exception:
                 log.exception("call listener failed")
+
+    _resolver_listeners: tuple[Callable[[ResolverState | None, Exception | None], None],
+                               ...] = ()
+
+    def add_resolver_listener(
+            self, fn: Callable[[ResolverState | None, Exception | None], None]) -> None:
+        """``fn(state, None)`` after each resolver update is applied, ``fn(None, error)``
+        after each resolver failure (on the resolver's thread; quick, should not raise).
+        ``lbclient.metrics`` uses it."""
+        with self._subscribers_lock:
+            self._resolver_listeners = (*self._resolver_listeners, fn)
+
+    def remove_resolver_listener(
+            self, fn: Callable[[ResolverState | None, Exception | None], None]) -> None:
+        with self._subscribers_lock:
+            rest = list(self._resolver_listeners)
+            if fn in rest:
+                rest.remove(fn)
+            self._resolver_listeners = tuple(rest)
+
+    def _deliver_resolver(self, state: ResolverState | None,
+                          error: Exception | None) -> None:
+        for fn in self._resolver_listeners:
+            try:
+                fn(state, error)
+            except Exception:
+                log.exception("resolver listener failed")
 
 
 def _subchannel_options(options: Sequence[tuple[str, Any]] | None) -> list[tuple[str, Any]]:

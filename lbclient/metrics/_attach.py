@@ -1,11 +1,12 @@
 """Wiring a :class:`MetricsSink` to a live channel.
 
-Sources, in order of preference:
+Sources:
   * calls: ``channel.add_call_listener`` (one event per finished attempt);
-  * endpoint events and resolver events: ``channel.add_event_listener`` when the channel
-    has it; otherwise the balancer's change notification, diffed against the previous
-    endpoint snapshot (added/removed/healthy/unhealthy/ejected/readmitted). The diff runs
-    on the control-plane thread that made the change, never per call.
+  * resolver updates and errors: ``channel.add_resolver_listener``;
+  * endpoint events: ``channel.add_event_listener`` when the channel has it; otherwise
+    the balancer's change notification, diffed against the previous endpoint snapshot
+    (added/removed/healthy/unhealthy/ejected/readmitted), on the control-plane thread
+    that made the change, never per call.
 
 Threading: callbacks run on the channel's threads; ``detach()`` may be called from any
 thread and is idempotent. The channel is held weakly, so metrics never keep an abandoned
@@ -40,6 +41,9 @@ class Attachment:
 
         channel.add_call_listener(self._on_call)
         self._undo.append(("remove_call_listener", self._on_call))
+        if hasattr(channel, "add_resolver_listener"):
+            channel.add_resolver_listener(self._on_resolver)
+            self._undo.append(("remove_resolver_listener", self._on_resolver))
         if hasattr(channel, "add_event_listener"):
             channel.add_event_listener(self._on_event)
             self._undo.append(("remove_event_listener", self._on_event))
@@ -55,6 +59,12 @@ class Attachment:
 
     def _on_call(self, address: str, outcome: Any) -> None:
         self.sink.call_ended(address, outcome.code, outcome.latency)
+
+    def _on_resolver(self, state: Any, error: Exception | None) -> None:
+        if error is not None:
+            self.sink.resolver_error(str(error))
+        elif state is not None:
+            self.sink.resolver_update(len(state.endpoints))
 
     # ------------------------------------------------------------ event listener
     def _on_event(self, event: Any) -> None:
