@@ -59,9 +59,9 @@ GOAL_CPU = 1.05  # lbclient round_robin CPU per call <= 1.05 x raw channel
 @dataclass(frozen=True)
 class Settings:
     threads: tuple[int, ...] = (1, 8)
-    reps: int = 7
-    cell_seconds: float = 1.5  # target wall time of one measured cell
-    min_calls: int = 300
+    reps: int = 9
+    cell_seconds: float = 1.0  # target wall time of one measured cell
+    min_calls: int = 200
     max_calls: int = 20_000
     fixed_calls: int | None = None  # skip calibration and use this count
     warmup_calls: int = 60
@@ -69,7 +69,7 @@ class Settings:
 
 
 FULL = Settings()
-QUICK = replace(FULL, reps=3, cell_seconds=0.5)
+QUICK = replace(FULL, reps=5, cell_seconds=0.3)
 SMOKE = replace(FULL, threads=(1, 2), reps=2, fixed_calls=150, warmup_calls=20,
                 policies=("round_robin",))
 

@@ -36,6 +36,7 @@ METHOD = "/lbclient.testing.echo.v1.Echo/Unary"
 CONFIGS: dict[str, dict[str, Any]] = {
     "ring_hash": {"requestHashHeader": HASH_HEADER},
     "maglev": {"requestHashHeader": HASH_HEADER},
+    "sticky": {"sessionHeader": HASH_HEADER, "childPolicy": [{"round_robin": {}}]},
 }
 
 
