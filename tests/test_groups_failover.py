@@ -4,11 +4,17 @@ group of 2, with the standby marked by the policy config's per-address map."""
 from __future__ import annotations
 
 import collections
+import os
+import signal
+import subprocess
+import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
+import pytest
 from helpers import wait_ready, wait_until
 
 import lbclient
@@ -72,13 +78,11 @@ def test_primary_group_failover_spill_and_return(fleet_factory: Any) -> None:
         standby_calls = [counts[a] for a in p1]
         assert abs(standby_calls[0] - standby_calls[1]) <= 10, counts
 
-        # 3. The last primary dies too: all traffic on the standby, no failed call.
-        #    (Calls start once the channel has seen the loss: lbclient's retries are
-        #    not in the tree yet, so a call already placed on the dying primary could
-        #    fail; wait_for_ready lets calls wait out any gap in between.)
+        # 3. The last primary dies too: all traffic on the standby. (Failures of calls
+        #    in flight at the moment of the crash: see the retry test below.)
         primaries[2].stop()
         wait_down(ch, primaries)
-        counts = spread(stub, 300, wait_for_ready=True)
+        counts = spread(stub, 300)
         assert set(counts) == p1 and sum(counts.values()) == 300, counts
 
         # 4. The primaries come back: traffic returns to them.
@@ -145,3 +149,97 @@ def test_concurrent_callers_see_no_failure_when_the_primary_group_dies(
                 t.join(10)
         assert not failures, failures[:3]
         assert all(not t.is_alive() for t in threads)
+
+
+# ------------------------------------------------------------------ crash + retries
+RETRY = {"methodConfig": [{"name": [{}], "retryPolicy": {
+    "maxAttempts": 5, "initialBackoff": "0.01s", "maxBackoff": "0.1s",
+    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}
+
+
+@pytest.fixture
+def crashable_primaries() -> Iterator[tuple[list[str], Callable[[], None]]]:
+    """Two backends in a child process (``python -m lbclient.testing serve``) and a
+    function that SIGKILLs it: a real crash, where the kernel resets the connections
+    (an in-process ``Backend.stop()`` instead cancels in-flight calls with CANCELLED,
+    which no retry policy should retry)."""
+    proc = subprocess.Popen([sys.executable, "-m", "lbclient.testing", "serve", "--count", "2"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        addresses: list[str] = []
+        deadline = time.monotonic() + 30
+        while len(addresses) < 2 and time.monotonic() < deadline:
+            line = proc.stdout.readline()   # the child prints its ports once serving
+            if not line:
+                break
+            addresses.append(line.strip())
+        assert len(addresses) == 2, f"serve printed {addresses}"
+
+        def crash() -> None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+        yield addresses, crash
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_primary_group_crash_is_invisible_to_callers_with_a_retry_policy(
+        fleet_factory: Any, crashable_primaries: tuple[list[str], Callable[[], None]]) -> None:
+    """4 threads call continuously; the whole primary group crashes mid-stream. Calls
+    caught on a dead primary are retried (UNAVAILABLE), the retry's pick avoids the
+    tried endpoints and falls back to the standby level even before the channel has
+    seen the crash; afterwards the standby level takes everything."""
+    primary_addresses, crash = crashable_primaries
+    standbys = fleet_factory(2)
+    target = "ipv4:" + ",".join(primary_addresses + standbys.addresses)
+    cfg = {**priority_config(list(standbys)), **RETRY}
+    failures: list[BaseException] = []
+    answered: collections.Counter[str] = collections.Counter()
+    lock = threading.Lock()
+    done = threading.Event()
+    with lbclient.insecure_channel(target, service_config=cfg) as ch:
+        wait_eligible(ch, 4, 20)
+        stub = echo_pb2_grpc.EchoStub(ch)
+
+        def caller() -> None:
+            for _ in range(20000):
+                if done.is_set():
+                    return
+                try:
+                    address = stub.Unary(REQ, timeout=5).address
+                except grpc.RpcError as exc:
+                    failures.append(exc)
+                    return
+                with lock:
+                    answered[address] += 1
+
+        def on(addresses: Sequence[str]) -> int:
+            with lock:
+                return sum(answered[a] for a in addresses)
+
+        threads = [threading.Thread(target=caller) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            wait_until(lambda: on(primary_addresses) >= 200, 15, message="calls flowing")
+            assert on(standbys.addresses) == 0
+            crash()
+            wait_until(lambda: on(standbys.addresses) >= 400 or bool(failures), 15,
+                       message="standby taking the calls")
+        finally:
+            done.set()
+            for t in threads:
+                t.join(10)
+        assert not failures, [(f.code(), f.details()) for f in failures[:3]]  # type: ignore
+        assert not any(t.is_alive() for t in threads)
+        wait_until(lambda: not any(e.eligible for e in ch.endpoints()
+                                   if e.address in primary_addresses), 10,
+                   message="crashed primaries no longer eligible")
+        counts = spread(stub, 100)
+        assert set(counts) == set(standbys.addresses), counts

@@ -227,6 +227,31 @@ def test_priority_retry_avoids_tried_level() -> None:
     assert sum(c.values()) == 100
 
 
+def test_retry_reaches_a_standby_that_has_no_share_yet() -> None:
+    # The picker still gives the primary level 100% (the channel has not seen it die),
+    # but a retry that tried every primary is sent to the standby level.
+    tried = PickInfo("/svc/M", (), frozenset(P0))
+    c = counts(make("priority", {}), PRIMARY + STANDBY, PRIMARY + STANDBY, 200, tried)
+    assert set(c) == set(P1) and abs(c[P1[0]] - c[P1[1]]) <= 1
+    c = counts(make("priority", {}), PRIMARY + STANDBY, PRIMARY + STANDBY, 200,
+               PickInfo("/svc/M", (), frozenset(P0[:2])))
+    assert set(c) == {P0[2]}                   # an untried primary is still preferred
+
+
+def test_split_picker_keeps_counted_results_and_zero_share_fallbacks() -> None:
+    class Counted(Fixed):
+        def pick(self, info: PickInfo) -> PickResult:
+            return PickResult(self.c, counted=True)
+
+    tried = PickInfo("/svc/M", (), frozenset({"a:1"}))
+    picker = SplitPicker([(1.0, Fixed("a:1")), (0.0, Fixed("b:1"))], 5)
+    assert {picker.pick(tried).candidate.address for _ in range(20)} == {"b:1"}
+    assert {picker.pick(INFO).candidate.address for _ in range(20)} == {"a:1"}
+    # a result that already counted its call is never thrown away
+    picker = SplitPicker([(1.0, Counted("a:1")), (0.0, Fixed("b:1"))], 5)
+    assert picker.pick(tried).candidate.address == "a:1"
+
+
 # ------------------------------------------------------------------ child policies
 class Recorder(Policy):
     """A child policy that records its lifecycle (registered for these tests only)."""

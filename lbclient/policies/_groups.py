@@ -232,42 +232,48 @@ class SplitPicker:
     not move in lockstep. Immutable; the counter is ``itertools.count`` (atomic under
     the GIL), so ``pick`` takes no lock.
 
-    Retries: when the chosen child returns an endpoint in ``info.exclude`` (every
-    endpoint of that group was tried), the other groups are asked in turn and the first
-    untried endpoint wins. A result is only discarded when it is not ``counted`` and has
-    no ``on_done`` (discarding one that is would leak an in-flight count or a callback).
+    ``parts`` are in preference order; a part with share 0 gets no traffic of its own
+    but stays a fallback for retries: when the chosen child returns an endpoint in
+    ``info.exclude`` (every endpoint of its group was tried), the other parts are asked
+    in order and the first untried endpoint wins. So a retry during a failover reaches
+    the standby even while the picker still gives the primary 100%. A result is only
+    discarded when it is not ``counted`` and has no ``on_done`` (discarding one that is
+    would leak an in-flight count or a callback).
     """
 
-    __slots__ = ("_bounds", "_pickers", "_start", "_next", "shares")
+    __slots__ = ("_bounds", "_index", "_pickers", "_start", "_next", "shares")
 
     def __init__(self, parts: Sequence[tuple[float, Picker]], start: int) -> None:
-        parts = [(s, p) for s, p in parts if s > 0.0]
-        if not parts:
+        total = sum(s for s, _ in parts if s > 0.0)
+        if total <= 0.0:
             raise ValueError("SplitPicker needs at least one part with a positive share")
-        total = sum(s for s, _ in parts)
-        acc, bounds = 0.0, []
-        for s, _ in parts:
-            acc += s / total
-            bounds.append(acc)
+        acc, bounds, index = 0.0, [], []
+        for i, (s, _) in enumerate(parts):
+            if s > 0.0:
+                acc += s / total
+                bounds.append(acc)
+                index.append(i)
         bounds[-1] = 1.0
         self._bounds = tuple(bounds)
+        self._index = tuple(index)            # slice -> position in _pickers
         self._pickers = tuple(p for _, p in parts)
         self._start = start & _MASK64
         self._next = itertools.count()
-        self.shares = tuple(s / total for s, _ in parts)
+        self.shares = tuple(max(s, 0.0) / total for s, _ in parts)
 
     def pick(self, info: PickInfo) -> PickResult:
         k = next(self._next)
         u = ((self._start + k * _GOLDEN64) & _MASK64) / 2.0**64
-        n = len(self._pickers)
-        i = min(bisect_right(self._bounds, u), n - 1)
+        i = self._index[min(bisect_right(self._bounds, u), len(self._index) - 1)]
         result = self._pickers[i].pick(info)
-        if (n == 1 or not info.exclude or result.candidate.address not in info.exclude
+        if (not info.exclude or result.candidate.address not in info.exclude
                 or result.counted or result.on_done is not None):
             return result
-        for j in range(1, n):
+        for j, picker in enumerate(self._pickers):
+            if j == i:
+                continue
             try:
-                alt = self._pickers[(i + j) % n].pick(info)
+                alt = picker.pick(info)
             except PickError:
                 continue
             if alt.candidate.address not in info.exclude or alt.counted or alt.on_done:
@@ -376,10 +382,11 @@ class GroupedPolicy(Policy):
             total = len(self._known.get(key, frozenset()) | {c.address for c in mine})
             stats.append((key, len(mine), total))
         shares = self.shares(stats)
+        # Groups with eligible endpoints but no share stay in as retry fallbacks.
         parts = [(share, self.children.child(key).build_picker(by_group[key]))
                  for (key, _, _), share in zip(stats, shares, strict=True)
-                 if share > 0.0 and by_group.get(key)]
-        if not parts:
+                 if by_group.get(key)]
+        if not any(share > 0.0 for share, _ in parts):
             return FailingPicker(self.no_group_reason())
         return SplitPicker(parts, self._rng.getrandbits(64))
 
