@@ -1,12 +1,15 @@
 """``weighted_round_robin``: smooth weighted round robin (gRFC A58's policy name/fields).
 
-Picks follow a fixed, interleaved cycle in which every endpoint appears in proportion to
-its weight. The cycle is gRPC's earliest-deadline-first schedule with deterministic start
-offsets: an endpoint of integer weight ``w`` is due at ``(k + 0.5) / w`` for
-``k = 0, 1, ...`` and the cycle lists one period's due times in order. Any ``sum(w)``
-consecutive picks therefore give every endpoint exactly ``w`` picks, spread out: weights
-5, 3, 2 give ``A B C A A B A C B A`` (never five A in a row). The picker holds the cycle
-and an atomic counter started at a random point, so a pick is O(1) and lock-free.
+Picks follow a fixed, interleaved cycle of ``sum(w)`` picks in which every endpoint
+appears exactly ``w`` times: nginx's smooth weighted round robin (each step every
+endpoint gains its weight, the richest is picked and pays the total), so at every point
+of the cycle each endpoint is less than one pick away from its exact share. Any
+``sum(w)`` consecutive picks give every endpoint exactly ``w`` picks, spread out: weights
+5, 3, 2 give ``A B C A A B A C B A`` (never five A in a row). Computing that cycle costs
+n x sum(w) steps, so beyond 10^6 the cycle comes from gRPC's earliest-deadline-first
+schedule instead (turn ``k`` of an endpoint due at ``(k + 0.5) / w``: the same exact
+counts per cycle, within 1.5 picks of the exact share). The picker holds the cycle and
+an atomic counter started at a random point, so a pick is O(1) and lock-free.
 
 Weights, highest precedence first:
 
@@ -127,14 +130,38 @@ def quantize(weights: Sequence[float]) -> list[int]:
     return [max(1, round(w * scale)) for w in weights]
 
 
-def schedule(weights: Sequence[float]) -> list[int]:
-    """One period of the smooth weighted cycle, as indexes into ``weights``.
+_SMOOTH_BUDGET = 10**6
 
-    Earliest deadline first with the k-th turn of an endpoint of weight w due at
-    (k + 0.5) / w: all due times of one period lie in (0, 1) and the next period's in
-    (1, 2), so each period holds exactly w turns of every endpoint. Ties go to the
-    lower index."""
+
+def schedule(weights: Sequence[float]) -> list[int]:
+    """One period of the weighted cycle, as indexes into ``weights`` (quantized)."""
     ints = quantize(weights)
+    if len(ints) * sum(ints) <= _SMOOTH_BUDGET:
+        return smooth_schedule(ints)
+    return edf_schedule(ints)
+
+
+def smooth_schedule(ints: Sequence[int]) -> list[int]:
+    """nginx's smooth weighted round robin over one period: each step every endpoint's
+    current weight grows by its weight, the largest (first on ties) is picked and loses
+    the total."""
+    total = sum(ints)
+    current = [0] * len(ints)
+    order: list[int] = []
+    indexes = range(len(ints))
+    for _ in range(total):
+        current = [c + w for c, w in zip(current, ints, strict=True)]
+        best = max(indexes, key=current.__getitem__)
+        current[best] -= total
+        order.append(best)
+    return order
+
+
+def edf_schedule(ints: Sequence[int]) -> list[int]:
+    """Earliest deadline first with turn k of an endpoint of weight w due at
+    (k + 0.5) / w: one period's due times all lie in (0, 1) and the next period's in
+    (1, 2), so each period holds exactly w turns of every endpoint. Ties go to the lower
+    index. O(sum(w) log sum(w))."""
     due = sorted(((k + 0.5) / w, i) for i, w in enumerate(ints) for k in range(w))
     return [i for _, i in due]
 
