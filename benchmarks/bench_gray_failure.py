@@ -278,10 +278,12 @@ def measure(s: Settings) -> Section:
         "Failed calls count every call that failed between the fault and the end of the "
         "window; with baseEjectionTime 30 s nothing is readmitted inside the window, so "
         "this is what it cost to find the backend.",
-        "Interval-based detection (failure percentage) waits for the next sweep: on average "
-        "half an interval, at most one (plus the time to collect requestVolume calls). "
-        "consecutiveFailures ejects as soon as 5 calls in a row fail, independent of the "
-        "interval; a few calls already in flight on other threads may fail too.",
+        "Failure percentage judges whole intervals: the first sweep whose interval saw more "
+        "than 85% failures ejects, so detection takes between 0.85 and 1.85 intervals "
+        "depending on where in the interval the fault began (the warm-up length is random "
+        "to sample that phase). consecutiveFailures ejects as soon as 5 calls in a row "
+        "fail, independent of the interval; calls already in flight on other threads may "
+        "fail too.",
         "successRateEjection is not shown: with 3 hosts the mean − 1.9 × stdev threshold is "
         "below 0 when one host fails everything, so it never ejects (gRPC and Envoy alike).",
         "Backends are in-process (the fault is switched at run time); the box is shared, so "
