@@ -213,3 +213,24 @@ def test_lbclient_metrics_env_instruments_new_channels(
         assert {e.events.get("added") for e in snaps[0].endpoints} == {1}
     assert "unknown exporter 'bogus'" in caplog.text
     assert not [s for s in collector_for()._live() if s.target == fleet.target]  # closed
+
+
+def test_logging_is_per_state_change_never_per_call(
+        fleet_factory: FleetFactory, caplog: pytest.LogCaptureFixture) -> None:
+    """lbclient's loggers say one line per state change: 300 calls (a third failing) add
+    no log lines at any level once the channel is up."""
+    import logging
+
+    fleet = fleet_factory(3)
+    fleet[0].set_error_rate(1.0)
+    with lbclient.insecure_channel(fleet.target) as channel:
+        wait_ready(channel, 3)
+        stub = echo_pb2_grpc.EchoStub(channel)
+        with caplog.at_level(logging.DEBUG, logger="lbclient"):
+            for i in range(300):
+                try:
+                    stub.Unary(echo_pb2.EchoRequest(message=str(i)), timeout=5)
+                except grpc.RpcError:
+                    pass
+        per_call = [r for r in caplog.records if r.name.startswith("lbclient")]
+        assert per_call == [], [r.getMessage() for r in per_call[:5]]
