@@ -18,7 +18,7 @@ import pytest
 from helpers import wait_ready, wait_until
 
 import lbclient
-from lbclient.testing import Backend, echo_pb2, echo_pb2_grpc
+from lbclient.testing import NOT_SERVING, Backend, echo_pb2, echo_pb2_grpc
 
 REQ = echo_pb2.EchoRequest(message="x")
 FACTOR = 1.4
@@ -95,21 +95,24 @@ def test_primary_group_failover_spill_and_return(fleet_factory: Any) -> None:
         assert sum(b.calls for b in standbys) == standby_before
 
 
-def test_concurrent_callers_see_no_failure_when_the_primary_group_dies(
+def test_drained_primary_group_fails_over_on_health_without_a_failed_call(
         fleet_factory: Any) -> None:
-    """Calls keep flowing from 4 threads while the whole primary group is stopped
-    after the channel has moved off it via health: stopping a primary whose health
-    says NOT_SERVING first is how a drained failover looks (no call is in flight
-    on it when it stops)."""
-    fleet = fleet_factory(4)
-    primaries, standbys = fleet[:2], fleet[2:]
-    cfg = priority_config(standbys, healthCheckConfig={"serviceName": ""})
+    """Calls keep flowing from 4 threads while the whole primary group (3 of 5) turns
+    NOT_SERVING and is then stopped: the drained failover of active-passive.
+
+    ``panicThreshold: 0`` is needed (docs/groups.md): with 3 of 5 endpoints unhealthy
+    the channel-wide panic threshold (50%) would otherwise hand the unhealthy primaries
+    back to the policy as candidates."""
+    fleet = fleet_factory(5)
+    primaries, standbys = fleet[:3], fleet[3:]
+    cfg = priority_config(standbys, healthCheckConfig={"serviceName": ""},
+                          lbclient={"panicThreshold": 0})
     failures: list[BaseException] = []
     done = threading.Event()
     answered: collections.Counter[str] = collections.Counter()
     lock = threading.Lock()
     with lbclient.insecure_channel(fleet.target, service_config=cfg) as ch:
-        wait_eligible(ch, 4)
+        wait_eligible(ch, 5)
         stub = echo_pb2_grpc.EchoStub(ch)
 
         def caller() -> None:
@@ -130,19 +133,26 @@ def test_concurrent_callers_see_no_failure_when_the_primary_group_dies(
         try:
             wait_until(lambda: sum(answered.values()) >= 100, 10, message="calls flowing")
             assert not answered.keys() & {b.address for b in standbys}
-            from lbclient.testing import NOT_SERVING
-
             for b in primaries:
                 b.set_health(NOT_SERVING)
             wait_until(lambda: all(e.eligible is False for e in ch.endpoints()
                                    if e.address in {b.address for b in primaries}),
                        10, message="primaries unhealthy")
-            for b in primaries:
-                b.stop()
             with lock:
                 before = sum(answered[b.address] for b in standbys)
+            # let calls picked just before the switch land, then: no new primary call
+            wait_until(lambda: sum(answered[b.address] for b in standbys) >= before + 50,
+                       10, message="standby taking the calls")
+            primary_calls = sum(b.calls for b in primaries)
+            before += 50
             wait_until(lambda: sum(answered[b.address] for b in standbys) >= before + 200,
                        10, message="standby taking the calls")
+            assert sum(b.calls for b in primaries) == primary_calls  # drained: none new
+            for b in primaries:
+                b.stop()
+            before += 200
+            wait_until(lambda: sum(answered[b.address] for b in standbys) >= before + 200,
+                       10, message="standby still taking the calls")
         finally:
             done.set()
             for t in threads:
