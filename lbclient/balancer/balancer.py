@@ -39,6 +39,8 @@ from .policy import Policy, PolicyContext, PolicySpec
 log = logging.getLogger("lbclient.balancer")
 health_log = logging.getLogger("lbclient.health")
 
+_MIN_SWEEP = 0.01   # an outlier "interval" of 0 is valid JSON; sweeps stay 10 ms apart
+
 __all__ = ["Balancer", "EndpointInfo", "EndpointRecord", "HealthChecker",
            "HealthCheckerFactory", "SubchannelFactory", "SubchannelHandle"]
 
@@ -352,7 +354,7 @@ class Balancer:
                 if rec is not None:
                     self._maybe_readmit_locked(rec)
             self._rebuild_locked()
-            self._schedule_sweep(det.config.interval)
+            self._schedule_sweep(max(det.config.interval, _MIN_SWEEP))
         self._after_change()
 
     def _on_trip(self, address: str) -> None:
