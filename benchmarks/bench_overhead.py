@@ -223,7 +223,7 @@ def _method_notes(s: Settings) -> list[str]:
         "client process only (all its threads, grpc's C-core threads included).",
         f"Interleaving: each repetition runs every variant once, order rotated per "
         f"repetition (A B C…, B C … A, …); {s.reps} repetitions; ratios are computed per "
-        "repetition between neighbours in time, then the median and min–max are shown.",
+        "repetition (variants measured seconds apart), then the median and min–max are shown.",
         "Each cell opens a fresh channel (own TCP connections: "
         "`grpc.use_local_subchannel_pool`), warms it up until every backend answered, "
         "measures, and closes it; connection setup is not measured.",

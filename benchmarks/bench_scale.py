@@ -266,11 +266,11 @@ def measure(s: Settings) -> Section:
         "not in it; RSS is, but RSS also moves with the allocator and is rough for small N). "
         "Each endpoint is a grpc channel whose connectivity subscription runs a polling "
         "thread (grpcio's design).",
-        "Channel sizes stop at "
-        f"{max(s.channel_sizes):,}: grpcio's `Channel.close()` on a subscribed channel waits "
-        "for its connectivity poller (up to 0.2 s), and lbclient closes endpoint "
-        "connections one after another, so 1,000 endpoints would take minutes to close "
-        "(see the close() column).",
+        f"Channel sizes: {', '.join(f'{n:,}' for n in s.channel_sizes)} (the full run goes "
+        f"to {max(FULL.channel_sizes):,}), not 1,000: grpcio's `Channel.close()` on a "
+        "subscribed channel waits for its connectivity poller (up to 0.2 s), and lbclient "
+        "closes endpoint connections one after another, so 1,000 endpoints would take "
+        "minutes to close (see the close() column).",
     ]
     return section
 
