@@ -20,7 +20,6 @@ from lbclient.balancer import (
     Policy,
     PolicyContext,
     PolicySpec,
-    register_policy,
 )
 from lbclient.balancer.policy import get_policy
 from lbclient.policies._groups import (
@@ -277,12 +276,18 @@ class Recorder(Policy):
         self.closed += 1
 
 
-register_policy(PolicySpec("test_groups_recorder", lambda raw, path: None, Recorder))
 RECORDER = [{"test_groups_recorder": {}}]
 
 
 @pytest.fixture
-def recorders() -> list[Recorder]:
+def recorders(monkeypatch: pytest.MonkeyPatch) -> list[Recorder]:
+    """Registers the recorder policy for one test only (the registry is global, and
+    other tests check that every registered policy is documented)."""
+    from lbclient.balancer import policy as registry
+
+    registry.registered_policies()              # load the built-ins first
+    spec = PolicySpec("test_groups_recorder", lambda raw, path: None, Recorder)
+    monkeypatch.setitem(registry._registry, spec.name, spec)
     Recorder.made = []
     return Recorder.made
 
