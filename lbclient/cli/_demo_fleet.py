@@ -13,12 +13,15 @@ Threading: :class:`Script` runs one phase's timeline on its own thread; ``stop()
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..testing import NOT_SERVING, SERVING, Backend, Fleet
+
+log = logging.getLogger("lbclient.demo")
 
 
 @dataclass(frozen=True)
@@ -72,10 +75,14 @@ class DemoFleet:
         return "up"
 
     def reset(self) -> None:
+        """Every backend running, with its character's settings, SERVING."""
         for c in CHARACTERS:
             b = self.backend(c.name)
             if not b.running:
-                b.start()
+                try:
+                    b.start()
+                except RuntimeError as exc:   # its port was taken meanwhile
+                    log.warning("cannot restart %s: %s", c.name, exc)
             b.set_latency(c.latency)
             b.set_error_rate(c.error_rate)
             b.set_health(SERVING)
@@ -113,7 +120,10 @@ class Script:
         for offset, action in self._steps:
             if self._stop.wait(max(0.0, t0 + offset - time.monotonic())):
                 return
-            action()
+            try:
+                action()
+            except Exception as exc:   # e.g. the old port was taken: say so, carry on
+                log.warning("demo script step failed: %s", exc)
 
     def stop(self, timeout: float = 15.0) -> None:
         self._stop.set()
