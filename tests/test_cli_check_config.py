@@ -136,3 +136,73 @@ def test_stdin_dash_through_the_real_entry_point() -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "error at loadBalancingConfig[0].round_robin.bad" in proc.stderr
+
+
+# ------------------------------------------------------------------ per-policy defaults
+def _settings(tmp_path: pathlib.Path, config: Any, capsys: pytest.CaptureFixture[str]
+              ) -> dict[str, Any]:
+    assert main(["check-config", "--json", write(tmp_path, config)]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize(("policy", "field", "default"), [
+    ("ring_hash", "min_ring_size", 1024),
+    ("ring_hash", "max_ring_size", 4096),
+    ("maglev", "table_size", 65537),
+    ("least_request", "choice_count", 2),
+    ("peak_ewma", "decay_time", 10.0),
+    ("pick_first", "shuffle_address_list", False),
+])
+def test_policy_defaults_are_filled_in(tmp_path: pathlib.Path,
+                                       capsys: pytest.CaptureFixture[str],
+                                       policy: str, field: str, default: Any) -> None:
+    if get_policy(policy) is None:
+        pytest.skip(f"{policy} is not registered")
+    settings = _settings(tmp_path, {"loadBalancingConfig": [{policy: {}}]}, capsys)
+    (name,) = settings["policy"]
+    assert settings["policy"][name][field] == default
+
+
+def test_nested_wrappers_show_the_whole_chain(tmp_path: pathlib.Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("outlier_detection", "sticky", "least_request"):
+        if get_policy(name) is None:
+            pytest.skip(f"{name} is not registered")
+    path = write(tmp_path, {"loadBalancingConfig": [{"outlier_detection": {
+        "childPolicy": [{"sticky": {"sessionHeader": "x-session",
+                                    "childPolicy": [{"least_request": {}}]}}]}}]})
+    assert main(["check-config", path]) == 0
+    out = capsys.readouterr().out
+    assert "policy: outlier_detection -> sticky -> least_request" in out
+    config = parse_service_config(json.loads(pathlib.Path(path).read_text()))
+    assert cc.policy_chain(config.lb) == ["outlier_detection", "sticky", "least_request"]
+
+
+def test_skipped_policies_stop_at_the_chosen_one() -> None:
+    raw = {"loadBalancingConfig": [{"grpclb": {}}, {"xds": {}}, {"round_robin": {}},
+                                   {"later_unknown": {}}]}
+    assert cc.skipped_policies(raw) == ["grpclb", "xds"]
+    assert cc.skipped_policies({}) == []
+
+
+def test_legacy_policy_name_and_empty_config(tmp_path: pathlib.Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert _settings(tmp_path, {"loadBalancingPolicy": "ROUND_ROBIN"}, capsys)["policy"] == \
+        {"round_robin": {}}
+    settings = _settings(tmp_path, "", capsys)           # empty file: all defaults
+    assert settings == {"policy": {"round_robin": {}}, "healthCheckConfig": None,
+                        "methodConfig": [], "retryThrottling": None}
+
+
+def test_retry_throttling_and_hedging(tmp_path: pathlib.Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    settings = _settings(tmp_path, {
+        "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1234},
+        "methodConfig": [{"name": [{"service": "a.B", "method": "C"}],
+                          "hedgingPolicy": {"maxAttempts": 3, "hedgingDelay": "0.5s"}}]},
+        capsys)
+    assert settings["retryThrottling"] == {"max_tokens": 10, "token_ratio": 0.123}
+    (mc,) = settings["methodConfig"]
+    assert mc["names"] == [{"service": "a.B", "method": "C"}]
+    assert mc["hedging_policy"]["hedging_delay"] == 0.5
+    assert mc["hedging_policy"]["non_fatal_status_codes"] == []

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import pathlib
+import time
 
 import pytest
 
+import lbclient
 from lbclient.cli import main
-from lbclient.cli.probe import probe_endpoint, resolve
+from lbclient.cli.probe import ProbeResult, probe_endpoint, render, resolve
 from lbclient.endpoint import Endpoint
 from lbclient.testing import NOT_SERVING, Backend
 from lbclient.testing.pytest_plugin import FleetFactory
@@ -112,3 +114,83 @@ def test_resolve_and_probe_endpoint_directly(fleet_factory: FleetFactory) -> Non
     assert result.healthy and result.weight == 3
     assert result.codes == {"OK": 2} and len(result.latencies) == 2
     assert result.connect_time is not None and result.connect_time > 0
+
+
+# ------------------------------------------------------------------ resolution paths
+class _OneShot(lbclient.Resolver):
+    """Answers ``start()`` the way the target's path says: endpoints, empty, error, or
+    nothing at all (registered as ``probetest``)."""
+
+    def start(self) -> None:
+        kind = self.target.endpoint
+        if kind == "empty":
+            self.listener.on_resolved(lbclient.ResolverState((), authoritative=True))
+        elif kind == "error":
+            self.listener.on_resolver_error(lbclient.ResolverError("no such service"))
+        elif kind != "silent":
+            self.listener.on_resolved(lbclient.ResolverState(
+                tuple(lbclient.Endpoint(a, weight=7) for a in kind.split(","))))
+
+
+lbclient.register_resolver("probetest", _OneShot)
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("probetest:empty", "the resolver returned no endpoints"),
+    ("probetest:error", "no such service"),
+    ("probetest:silent", "no result from the resolver within 0.2s"),
+])
+def test_resolution_failures_exit_2(target: str, message: str,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["probe", target, "--timeout", "0.2"]) == 2
+    assert message in capsys.readouterr().err
+    with pytest.raises(lbclient.ResolverError, match=message):
+        resolve(target, 0.2)
+
+
+def test_weights_come_from_the_resolver(fleet_factory: FleetFactory,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    fleet = fleet_factory(2)
+    assert main(["probe", "probetest:" + ",".join(fleet.addresses), "--timeout", "5"]) == 0
+    table = rows(capsys.readouterr().out)
+    assert [r.split()[1] for r in table.values()] == ["7", "7"]
+
+
+def test_host_names_resolve(fleet_factory: FleetFactory,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    fleet = fleet_factory(1)
+    assert main(["probe", f"static:///localhost:{fleet[0].port}", "--timeout", "5"]) == 0
+    out = capsys.readouterr().out
+    assert f"127.0.0.1:{fleet[0].port}" in out and " SERVING " in out
+
+
+def test_dead_endpoints_are_probed_in_parallel(fleet_factory: FleetFactory,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    fleet = fleet_factory(8)
+    fleet.stop()
+    started = time.monotonic()
+    assert main(["probe", fleet.target, "--timeout", "1"]) == 1
+    elapsed = time.monotonic() - started
+    out = capsys.readouterr().out
+    assert sum("UNREACHABLE" in r for r in rows(out).values()) == 8
+    assert elapsed < 6.0, f"8 dead endpoints took {elapsed:.1f}s with a 1s timeout"
+
+
+def test_tls_against_a_plaintext_server_is_unreachable(
+        fleet_factory: FleetFactory, capsys: pytest.CaptureFixture[str]) -> None:
+    fleet = fleet_factory(1)
+    assert main(["probe", fleet.target, "--tls", "--timeout", "1"]) == 1
+    assert "UNREACHABLE" in capsys.readouterr().out
+
+
+def test_render_formats_every_column() -> None:
+    ok = ProbeResult("10.0.0.1:5", 2, connect_time=0.0123, health="SERVING", healthy=True,
+                     latencies=[0.003, 0.001, 0.002], codes={"OK": 2, "UNAVAILABLE": 1})
+    dead = ProbeResult("10.0.0.2:5", 1, health="UNREACHABLE")
+    lines = render([ok, dead], with_calls=True).splitlines()
+    assert lines[0].split() == ["address", "weight", "health", "connect", "p50", "max",
+                                "calls"]
+    assert lines[2].split() == ["10.0.0.1:5", "2", "SERVING", "12.3ms", "2.0ms", "3.0ms",
+                                "OK:2", "UNAVAILABLE:1"]
+    assert lines[3].split() == ["10.0.0.2:5", "1", "UNREACHABLE", "-", "-", "-", "-"]
+    assert "calls" not in render([ok], with_calls=False)

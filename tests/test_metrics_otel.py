@@ -97,3 +97,39 @@ def test_health_events_and_address_bound(fleet_factory: FleetFactory) -> None:
                      if "lbclient.address" in p.attributes}
         assert len(addresses - {"other"}) == 1 and "other" in addresses
     provider.shutdown()
+
+
+def test_channels_share_instruments_and_closed_ones_stop_reporting(
+        fleet_factory: FleetFactory, caplog: pytest.LogCaptureFixture) -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    f1, f2 = fleet_factory(1), fleet_factory(1)
+    with lbclient.insecure_channel(f1.target) as a:
+        b = lbclient.insecure_channel(f2.target)
+        lbotel.enable(a, meter_provider=provider)
+        lbotel.enable(b, meter_provider=provider)
+        for ch in (a, b):
+            wait_ready(ch, 1)
+            echo_pb2_grpc.EchoStub(ch).Unary(echo_pb2.EchoRequest(), timeout=5)
+        got = points(reader)
+        for f in (f1, f2):
+            (p,) = by(got["lbclient.calls"], target=f.target)
+            assert p.value == 1
+            assert by(got["lbclient.picks"], target=f.target)[0].value == 1
+        b.close()
+        picks = points(reader)["lbclient.picks"]
+        assert by(picks, target=f1.target) and not by(picks, target=f2.target)
+    assert "already" not in caplog.text.lower()       # no duplicate-instrument warnings
+    provider.shutdown()
+
+
+def test_without_an_sdk_the_api_is_a_no_op(fleet_factory: FleetFactory) -> None:
+    from opentelemetry.metrics import NoOpMeterProvider
+
+    fleet = fleet_factory(1)
+    with lbclient.insecure_channel(fleet.target) as channel:
+        sink = lbotel.enable(channel, meter_provider=NoOpMeterProvider())
+        wait_ready(channel, 1)
+        echo_pb2_grpc.EchoStub(channel).Unary(echo_pb2.EchoRequest(), timeout=5)
+        assert sink.label("10.0.0.1:1") == "10.0.0.1:1"
+        lbotel.disable(channel, meter_provider=NoOpMeterProvider())

@@ -105,7 +105,7 @@ def test_same_target_channels_are_summed_and_labels_bounded(
     with lbclient.insecure_channel(fleet.target) as a, \
             lbclient.insecure_channel(fleet.target) as b:
         lbprom.enable(a, registry, max_endpoints=2)
-        lbprom.enable(b, registry, max_endpoints=2)
+        lbprom.enable(b, registry)
         for ch in (a, b):
             wait_ready(ch, 3)
             assert calls(echo_pb2_grpc.EchoStub(ch), 9) == 0
@@ -116,13 +116,18 @@ def test_same_target_channels_are_summed_and_labels_bounded(
                 samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
         rows = {dict(k[1])["address"]: v for k, v in samples.items()
                 if k[0] == "lbclient_calls_total"}
-        assert len(rows) == 3 and "other" in rows          # 2 addresses + "other"
+        # b (no bound) names all 3 addresses; a (bound 2) put its third one in "other".
+        assert set(rows) == {*fleet.addresses, "other"}
+        assert rows["other"] == 3                          # a's 9 calls, round robin
         assert sum(rows.values()) == 18                    # both channels, summed
+        lbprom.disable(b, registry)
+        text = prometheus_client.generate_latest(registry).decode()
+        bounded = {s.labels["address"] for f in text_string_to_metric_families(text)
+                   for s in f.samples if s.name == "lbclient_calls_total"}
+        assert len(bounded) == 3 and "other" in bounded    # 2 addresses + "other"
         lbprom.disable(a, registry)
         text = prometheus_client.generate_latest(registry).decode()
-        total = sum(s.value for f in text_string_to_metric_families(text)
-                    for s in f.samples if s.name == "lbclient_calls_total")
-        assert total == 9
+        assert "lbclient_calls_total{" not in text
 
 
 def test_one_collector_per_registry() -> None:
@@ -131,3 +136,52 @@ def test_one_collector_per_registry() -> None:
     names = {m.name for m in lbprom.collector_for(registry).describe()}
     assert {"lbclient_calls", "lbclient_picks", "lbclient_call_latency_seconds",
             "lbclient_endpoint_events", "lbclient_resolver_updates"} <= names
+
+
+def test_disable_then_enable_again(fleet_factory: FleetFactory) -> None:
+    registry = CollectorRegistry()
+    fleet = fleet_factory(1)
+    with lbclient.insecure_channel(fleet.target) as channel:
+        first = lbprom.enable(channel, registry)
+        wait_ready(channel, 1)
+        stub = echo_pb2_grpc.EchoStub(channel)
+        stub.Unary(echo_pb2.EchoRequest(), timeout=5)
+        lbprom.disable(channel, registry)
+        assert "lbclient_calls_total{" not in prometheus_client.generate_latest(
+            registry).decode()
+        first.attachment.detach()
+        lbprom.enable(channel, registry)
+        stub.Unary(echo_pb2.EchoRequest(), timeout=5)
+        text = prometheus_client.generate_latest(registry).decode()
+        (line,) = [ln for ln in text.splitlines() if ln.startswith("lbclient_calls_total{")]
+        assert line.endswith(" 1.0")                   # counted afresh since re-enabling
+        # the endpoint's picks come from the channel itself, so they include both calls
+        (picks,) = [ln for ln in text.splitlines() if ln.startswith("lbclient_picks_total{")]
+        assert picks.endswith(" 2.0")
+
+
+def test_health_gauges_follow_the_channel(fleet_factory: FleetFactory) -> None:
+    from helpers import wait_until
+
+    from lbclient.testing import NOT_SERVING
+
+    registry = CollectorRegistry()
+    fleet = fleet_factory(3)
+    config = {"healthCheckConfig": {"serviceName": ""}, "lbclient": {"panicThreshold": 0}}
+    with lbclient.insecure_channel(fleet.target, service_config=config) as channel:
+        lbprom.enable(channel, registry)
+        wait_until(lambda: all(e.healthy for e in channel.endpoints()), 10,
+                   message="all healthy")
+        fleet[0].set_health(NOT_SERVING)
+
+        def gauge(name: str) -> float | None:
+            return registry.get_sample_value(
+                name, {"target": fleet.target, "address": fleet[0].address})
+
+        wait_until(lambda: gauge("lbclient_endpoint_healthy") == 0, 10, message="unhealthy")
+        assert gauge("lbclient_endpoint_eligible") == 0
+        assert gauge("lbclient_endpoint_ejected") == 0
+        assert registry.get_sample_value("lbclient_endpoint_events_total", {
+            "target": fleet.target, "address": fleet[0].address, "event": "unhealthy"}) == 1
+        assert registry.get_sample_value("lbclient_endpoint_healthy", {
+            "target": fleet.target, "address": fleet[1].address}) == 1
