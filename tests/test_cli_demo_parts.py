@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import pathlib
+import re
 import time
 from collections.abc import Iterator
 from contextlib import redirect_stdout
@@ -236,3 +237,51 @@ def test_one_phase_in_process(demo_fleet: DemoFleet,
     # the script ran: the flapping backend was NOT_SERVING for a while
     if "healthCheckConfig" in phase.config:
         assert "flapping" in result.unhealthy
+
+
+def test_one_live_phase_renders_with_rich(demo_fleet: DemoFleet,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The rich path (normally a terminal): the live table and the event lines."""
+    demo_fleet.reset()
+    phase = plan(args(policy=["round_robin"]), demo_fleet.weights())[0]
+    with EventFeed({a: c.name for a, c in demo_fleet.by_address().items()},
+                   echo=False) as feed:
+        result = run_phase(demo_fleet, phase, "[1/1] round_robin",
+                           args(duration=1.0, rate=100.0), True, feed)
+    assert not result.interrupted and result.client.calls > 10
+    out = capsys.readouterr().out
+    assert "[1/1] round_robin:" in out and "calls" in out
+    for c in CHARACTERS:
+        assert f"{c.name} :" in out                       # the compact backend cell
+    # the event lines under the table name backends, not addresses
+    assert re.search(r"\+\s*\d+\.\ds endpoint (fast|slow|flaky|flapping|restarting): ", out)
+
+
+def test_rich_is_used_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lbclient.cli import demo
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr("sys.stdout", io.StringIO())
+    assert demo._use_rich(args(plain=False)) is False       # a pipe
+    monkeypatch.setattr("sys.stdout", Tty())
+    assert demo._use_rich(args(plain=False)) is True
+    assert demo._use_rich(args(plain=True)) is False        # --plain wins
+    monkeypatch.setitem(__import__("sys").modules, "rich", None)
+    assert demo._use_rich(args(plain=False)) is False       # rich not installed
+
+
+def test_run_prints_a_comparison_of_every_phase(capsys: pytest.CaptureFixture[str]) -> None:
+    from lbclient.cli import main
+
+    assert main(["demo", "--plain", "--duration", "0.5", "--rate", "80", "--threads", "2",
+                 "--no-health", "--policy", "round_robin,pick_first"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("fleet: fast (1ms), slow (40ms)")
+    comparison = out[out.index("comparison"):].splitlines()
+    assert comparison[3].startswith("round_robin") and comparison[4].startswith("pick_first")
+    # pick_first keeps one backend; round robin spreads over several
+    pick_first_shares = [c for c in comparison[4].split() if c.endswith("%")][1:]
+    assert "100%" in pick_first_shares or "99%" in pick_first_shares

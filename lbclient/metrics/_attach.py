@@ -32,6 +32,10 @@ class Attachment:
     """One sink attached to one channel; :meth:`detach` undoes it."""
 
     def __init__(self, channel: Any, sink: MetricsSink) -> None:
+        if not hasattr(channel, "add_call_listener"):
+            raise TypeError(f"lbclient.metrics needs a channel with add_call_listener "
+                            f"(lbclient.insecure_channel / secure_channel), got "
+                            f"{type(channel).__module__}.{type(channel).__name__}")
         self._channel = weakref.ref(channel)
         self.sink = sink
         self._lock = threading.Lock()
