@@ -255,3 +255,38 @@ def test_missing_client_library_is_logged_once(
     warnings = [r for r in caplog.records if r.name == "lbclient.metrics"]
     assert len(warnings) == 1
     assert "LBCLIENT_METRICS=prometheus needs lbclient[prometheus]" in warnings[0].getMessage()
+
+
+def test_picks_keep_counting_when_an_endpoint_comes_back(fleet_factory: FleetFactory) -> None:
+    """The channel's per-endpoint counter restarts when an endpoint is removed and added
+    again; the exported picks counter keeps growing."""
+    fleet = fleet_factory(2)
+    a, b = fleet.addresses
+    with lbclient.insecure_channel("metricspush:///svc") as channel:
+        m = metrics.instrument(channel)
+        resolver = PushResolver.instances[-1]
+        stub = echo_pb2_grpc.EchoStub(channel)
+
+        def calls(n: int) -> None:
+            for _ in range(n):
+                stub.Unary(echo_pb2.EchoRequest(), timeout=5, wait_for_ready=True)
+
+        resolver.push(a)
+        calls(5)
+        assert by_address(m.snapshot())[a].picks == 5
+        resolver.push(b)                    # a removed (its counter goes with it)
+        calls(2)
+        m.snapshot()
+        resolver.push(a, b)                 # a is back with a fresh counter
+        wait_ready(channel, 2)
+        before = {e.address: e.picks for e in channel.endpoints()}
+        assert before[a] == 0
+        for _ in range(40):                 # bounded: until a has had 3 calls again
+            if next(e.picks for e in channel.endpoints() if e.address == a) >= 3:
+                break
+            calls(1)
+        live_a = next(e.picks for e in channel.endpoints() if e.address == a)
+        assert live_a >= 3
+        row = by_address(m.snapshot())[a]
+        assert row.picks == row.total_calls == 5 + live_a      # never dropped back
+        assert by_address(m.snapshot())[a].events == {"added": 2, "removed": 1}

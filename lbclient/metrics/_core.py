@@ -7,8 +7,9 @@ Contract:
     and errors (from the channel's control-plane threads). Methods must be quick and must
     not raise; they never block a call for longer than a dict update under a lock.
   * :class:`ChannelMetrics` is the stock sink: it aggregates per endpoint and per channel
-    and hands out immutable :class:`ChannelSnapshot` values; picks and in-flight counts
-    are read from ``channel.endpoints()`` at snapshot time (they are exact there).
+    and hands out immutable :class:`ChannelSnapshot` values; in-flight counts and live
+    state are read from ``channel.endpoints()`` at snapshot time. ``picks`` = attempts
+    ended since attaching + attempts in flight.
 
 Label bounds (what keeps an exporter's series count finite):
   * ``address``: at most ``max_endpoints`` (default :data:`MAX_ENDPOINTS` = 100) distinct
@@ -119,7 +120,7 @@ class ChannelSnapshot:
 class _Record:
     """Mutable per-address aggregate (guarded by the collector's lock)."""
 
-    __slots__ = ("calls", "buckets", "lat_sum", "lat_count", "events", "picks")
+    __slots__ = ("calls", "buckets", "lat_sum", "lat_count", "events")
 
     def __init__(self) -> None:
         self.calls: dict[str, int] = {}
@@ -127,7 +128,6 @@ class _Record:
         self.lat_sum = 0.0
         self.lat_count = 0
         self.events: dict[str, int] = {}
-        self.picks = 0          # last value seen in the channel snapshot
 
     def merge_into(self, other: _Record) -> None:
         for k, v in self.calls.items():
@@ -138,7 +138,6 @@ class _Record:
         other.lat_count += self.lat_count
         for k, v in self.events.items():
             other.events[k] = other.events.get(k, 0) + v
-        other.picks += self.picks
 
 
 EndpointSource = Callable[[], list[Any]]
@@ -148,7 +147,8 @@ class ChannelMetrics:
     """Aggregates one channel's events (a :class:`MetricsSink`).
 
     ``endpoints`` returns the channel's current ``EndpointInfo`` list (duck-typed:
-    ``address``, ``picks``, ``in_flight``); it is called only from :meth:`snapshot`.
+    ``address``, ``in_flight``, ``connectivity``, ``healthy``, ``ejected_until``,
+    ``eligible``); it is called only from :meth:`snapshot`.
     """
 
     def __init__(self, target: str, endpoints: EndpointSource | None = None, *,
@@ -217,7 +217,8 @@ class ChannelMetrics:
 
     # ----------------------------------------------------------------- reading
     def snapshot(self) -> ChannelSnapshot:
-        """Everything recorded so far, plus live picks/in-flight from the channel."""
+        """Everything recorded so far, plus live in-flight counts and state from the
+        channel."""
         live = list(self._endpoints()) if self._endpoints is not None else []
         with self._lock:
             self._present = {info.address for info in live}
@@ -228,12 +229,12 @@ class ChannelMetrics:
                 if rec is self._other:
                     other_in_flight += info.in_flight
                     continue
-                rec.picks = max(rec.picks, info.picks)
                 infos[info.address] = info
             rows = [self._export(a, r, infos.get(a)) for a, r in self._records.items()]
             if self._other is not None:
                 row = self._export(OTHER, self._other, None)
-                rows.append(replace(row, in_flight=other_in_flight))
+                rows.append(replace(row, in_flight=other_in_flight,
+                                    picks=row.picks + other_in_flight))
             totals: dict[str, int] = {}
             for row in rows:
                 for k, v in row.calls.items():
@@ -244,7 +245,11 @@ class ChannelMetrics:
     @staticmethod
     def _export(address: str, rec: _Record, info: Any) -> EndpointMetrics:
         return EndpointMetrics(
-            address=address, present=info is not None, picks=rec.picks,
+            # Every placed attempt either ended (counted by call_ended) or is in flight,
+            # so this is exact, monotone, and survives an endpoint leaving and coming back
+            # (the channel's own per-endpoint counter restarts then).
+            address=address, present=info is not None,
+            picks=sum(rec.calls.values()) + (info.in_flight if info is not None else 0),
             in_flight=info.in_flight if info is not None else 0,
             calls=dict(rec.calls),
             latency=Histogram(LATENCY_BUCKETS, tuple(rec.buckets), rec.lat_sum, rec.lat_count),

@@ -66,6 +66,7 @@ class OtelSink:
         self.target = target
         self.label = _Labels(max_endpoints)
         self.attachment: Attachment | None = None
+        self.ended: dict[str, int] = {}     # label address -> attempts ended (for picks)
 
     def _attrs(self, address: str, **extra: str) -> dict[str, str]:
         return {"lbclient.target": self.target, "lbclient.address": self.label(address),
@@ -73,6 +74,8 @@ class OtelSink:
 
     def call_ended(self, address: str, code: str, latency: float) -> None:
         attrs = self._attrs(address, code=normalize_code(code))
+        label = attrs["lbclient.address"]
+        self.ended[label] = self.ended.get(label, 0) + 1     # GIL-atomic enough: a gauge
         self._i.calls.add(1, attrs)
         self._i.duration.record(max(latency, 0.0), attrs)
 
@@ -133,9 +136,16 @@ class _Instruments:
                 ch = ref()
                 if ch is None or ch.get_state().name == "SHUTDOWN":
                     continue
+                if field == "picks":    # ended since attaching + in flight (as Prometheus)
+                    for label, n in list(sink.ended.items()):
+                        key = (sink.target, label)
+                        sums[key] = sums.get(key, 0) + n
+                    field_of = "in_flight"
+                else:
+                    field_of = field
                 for info in ch.endpoints():
                     key = (sink.target, sink.label(info.address))
-                    sums[key] = sums.get(key, 0) + int(getattr(info, field))
+                    sums[key] = sums.get(key, 0) + int(getattr(info, field_of))
             for (target, address), value in sums.items():
                 out.append(Observation(value, {"lbclient.target": target,
                                                "lbclient.address": address}))

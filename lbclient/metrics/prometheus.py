@@ -129,8 +129,9 @@ class LbclientCollector(Collector):
 def _families() -> dict[str, Any]:
     """Fresh, empty metric families (prometheus_client wants new objects per collect)."""
     return {
-        "picks": CounterMetricFamily("lbclient_picks", "Calls placed on the endpoint.",
-                                     labels=_EP),
+        "picks": CounterMetricFamily(
+            "lbclient_picks", "Attempts placed on the endpoint since export began "
+            "(ended + in flight).", labels=_EP),
         "in_flight": GaugeMetricFamily("lbclient_in_flight", "Calls in flight on the endpoint.",
                                        labels=_EP),
         "calls": CounterMetricFamily("lbclient_calls", "Finished attempts by status code.",
