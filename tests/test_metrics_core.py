@@ -234,3 +234,33 @@ def test_logging_is_per_state_change_never_per_call(
                     pass
         per_call = [r for r in caplog.records if r.name.startswith("lbclient")]
         assert per_call == [], [r.getMessage() for r in per_call[:5]]
+
+
+def test_the_core_needs_neither_exporter_library() -> None:
+    """Importing lbclient and using lbclient.metrics loads neither prometheus_client nor
+    opentelemetry (checked in a fresh interpreter), and the core modules import only the
+    standard library and lbclient."""
+    import ast
+    import pathlib
+    import subprocess
+    import sys
+
+    code = ("import sys, lbclient, lbclient.metrics, lbclient.cli; "
+            "print(sorted(m for m in sys.modules "
+            "if m.startswith(('prometheus_client', 'opentelemetry'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, env={k: v for k, v in __import__("os").environ.items()
+                                          if k != "LBCLIENT_METRICS"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    pkg = pathlib.Path(metrics.__file__).parent
+    for name in ("__init__.py", "_core.py", "_attach.py", "_auto.py"):
+        tree = ast.parse((pkg / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                top = node.module.split(".")[0]
+            elif isinstance(node, ast.Import):
+                top = node.names[0].name.split(".")[0]
+            else:
+                continue
+            assert top in sys.stdlib_module_names or top == "__future__", (name, top)
