@@ -194,3 +194,18 @@ def test_render_formats_every_column() -> None:
                                 "OK:2", "UNAVAILABLE:1"]
     assert lines[3].split() == ["10.0.0.2:5", "1", "UNREACHABLE", "-", "-", "-", "-"]
     assert "calls" not in render([ok], with_calls=False)
+
+
+def test_json_lines_for_scripts(fleet_factory: FleetFactory,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    fleet = fleet_factory(2)
+    fleet[0].set_health(NOT_SERVING)
+    assert main(["probe", fleet.target, "--json", "--method", ECHO_UNARY, "--calls", "2",
+                 "--timeout", "5"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["address"] for r in lines] == fleet.addresses
+    assert [(r["health"], r["healthy"]) for r in lines] == [("NOT_SERVING", False),
+                                                           ("SERVING", True)]
+    assert all(r["codes"] == {"OK": 2} and len(r["latencies"]) == 2 for r in lines)
+    fleet[1].set_health(NOT_SERVING)
+    assert main(["probe", fleet.target, "--json", "--timeout", "5"]) == 1

@@ -2,7 +2,7 @@
 
     lbclient demo [--policy NAME | --config FILE] [--duration S] [--threads N] [--plain]
     lbclient probe TARGET [--service-config JSON|@FILE] [--health-service NAME]
-                          [--method /pkg.Svc/Method] [--calls N] [--timeout S]
+                          [--method /pkg.Svc/Method] [--calls N] [--timeout S] [--json]
     lbclient check-config FILE|-
 
 Exit status: 0 success; 1 the command's own failure (no healthy endpoint, invalid

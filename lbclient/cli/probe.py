@@ -15,6 +15,8 @@ error are unhealthy.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import threading
 import time
@@ -52,6 +54,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=3.0,
                    help="seconds for resolving, connecting and each RPC (default 3)")
     p.add_argument("--tls", action="store_true", help="connect with TLS (system roots)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per endpoint instead of the table")
     p.set_defaults(run=run)
 
 
@@ -222,8 +226,12 @@ def run(args: argparse.Namespace) -> int:
         results = list(pool.map(
             lambda e: probe_endpoint(e, health_service or "", args.method, args.calls,
                                      args.timeout, creds), endpoints))
-    print(render(results, bool(args.method)))
     healthy = sum(r.healthy for r in results)
+    if args.json:
+        for r in results:
+            print(json.dumps(dataclasses.asdict(r), sort_keys=True))
+        return 0 if healthy else 1
+    print(render(results, bool(args.method)))
     print(f"{healthy}/{len(results)} endpoints healthy"
           f" (health service {health_service or '(server)'!s})")
     for r in results:
