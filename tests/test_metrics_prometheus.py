@@ -142,14 +142,14 @@ def test_disable_then_enable_again(fleet_factory: FleetFactory) -> None:
     registry = CollectorRegistry()
     fleet = fleet_factory(1)
     with lbclient.insecure_channel(fleet.target) as channel:
-        first = lbprom.enable(channel, registry)
+        lbprom.enable(channel, registry)
         wait_ready(channel, 1)
         stub = echo_pb2_grpc.EchoStub(channel)
         stub.Unary(echo_pb2.EchoRequest(), timeout=5)
         lbprom.disable(channel, registry)
         assert "lbclient_calls_total{" not in prometheus_client.generate_latest(
             registry).decode()
-        first.attachment.detach()
+        assert channel._call_listeners == ()             # disable detached it
         lbprom.enable(channel, registry)
         stub.Unary(echo_pb2.EchoRequest(), timeout=5)
         text = prometheus_client.generate_latest(registry).decode()

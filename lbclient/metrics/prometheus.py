@@ -60,8 +60,13 @@ class LbclientCollector(Collector):
             self._channels.append((weakref.ref(channel), metrics))
 
     def remove(self, channel: Any) -> None:
+        """Stop exporting ``channel`` and detach its listeners."""
         with self._lock:
+            gone = [m for r, m in self._channels if r() is channel]
             self._channels = [(r, m) for r, m in self._channels if r() is not channel]
+        for metrics in gone:
+            if metrics.attachment is not None:
+                metrics.attachment.detach()
 
     def _live(self) -> list[ChannelSnapshot]:
         """Snapshots of the live channels; closed or collected ones are dropped."""
