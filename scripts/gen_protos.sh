@@ -8,6 +8,8 @@
 # Writes  lbclient/testing/_proto/{__init__.py,echo_pb2.py,echo_pb2.pyi,echo_pb2_grpc.py}
 # Reads   protos/xds/data/orca/v3/orca_load_report.proto (ORCA load reports, gRFC A51)
 # Writes  lbclient/_proto/{__init__.py,orca_load_report_pb2.py,orca_load_report_pb2.pyi}
+# Reads   protos/etcd/etcd_v3.proto (the etcd v3 API subset of the etcd resolver)
+# Writes  lbclient/_proto/etcd/{__init__.py,etcd_v3_pb2.py,etcd_v3_pb2.pyi}
 #
 # protoc would place the output in lbclient/testing/ and make echo_pb2_grpc.py import
 # "from lbclient.testing import echo_pb2"; we generate into a scratch directory, move the
@@ -65,3 +67,15 @@ cat >"$ORCA_OUT/__init__.py" <<'PY'
 scripts/gen_protos.sh."""
 PY
 echo "generated $ORCA_OUT/{orca_load_report_pb2.py,orca_load_report_pb2.pyi}"
+
+# etcd v3 subset: messages only, in a private proto package (lbclient.internal.etcdv3);
+# the RPC paths are etcd's own and are written out in lbclient/resolver/_etcd_client.py.
+ETCD_OUT=lbclient/_proto/etcd
+"$PYTHON" -m grpc_tools.protoc -Iprotos --python_out="$TMP" --pyi_out="$TMP" \
+    protos/etcd/etcd_v3.proto
+mkdir -p "$ETCD_OUT"
+cp "$TMP/etcd/etcd_v3_pb2.py" "$TMP/etcd/etcd_v3_pb2.pyi" "$ETCD_OUT/"
+cat >"$ETCD_OUT/__init__.py" <<'PY'
+"""Generated etcd v3 API messages (a subset). Do not edit; run scripts/gen_protos.sh."""
+PY
+echo "generated $ETCD_OUT/{etcd_v3_pb2.py,etcd_v3_pb2.pyi}"

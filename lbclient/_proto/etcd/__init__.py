@@ -1,0 +1,1 @@
+"""Generated etcd v3 API messages (a subset). Do not edit; run scripts/gen_protos.sh."""
