@@ -286,7 +286,9 @@ class ChildGroup:
     """Child policies keyed by group, each with its own :class:`PolicyContext`: the
     parent's clock, scheduler, options and rebuild request, and its own ``rng`` seeded
     from the parent's. A child is created when its group first appears, closed when its
-    group disappears from the endpoint list, and all are closed with the parent."""
+    group disappears from the endpoint list (that ``close()`` runs with the balancer's
+    lock held, so a child's ``close`` must only cancel timers), and all are closed with
+    the parent."""
 
     def __init__(self, ctx: PolicyContext, choice_for: Callable[[Hashable], LbChoice]) -> None:
         self._ctx = ctx
@@ -312,9 +314,6 @@ class ChildGroup:
             self._children.pop(key).close()
         for key, endpoints in groups.items():
             self.child(key).endpoints_changed(endpoints)
-
-    def keys(self) -> list[Hashable]:
-        return list(self._children)
 
     def close(self) -> None:
         self._closed = True
