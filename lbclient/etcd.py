@@ -89,9 +89,11 @@ class Registration:
             member = self.members[self._member_index % len(self.members)]
             try:
                 self._session(member)
-            except (grpc.RpcError, _LeaseLost, EtcdError) as exc:
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive any failure
                 if self._stop.is_set():
                     return
+                if not isinstance(exc, grpc.RpcError | _LeaseLost | EtcdError):
+                    log.exception("%s: unexpected failure", self.key)
                 self.last_error = f"etcd member {member}: {describe(exc)}"
                 if isinstance(exc, _LeaseLost):
                     log.warning("%s: %s; registering again", self.key, exc)
@@ -131,6 +133,8 @@ class Registration:
                 self.keepalives += 1
                 self.member = member
                 self._registered.set()
+            if not self._stop.is_set():
+                raise EtcdError("the keepalive stream ended")
         finally:
             done.set()
             self.member = None

@@ -117,10 +117,11 @@ class DnsResolver(Resolver):
         needs_dnspython = not self.dns.literal and (self.dns.server is not None
                                                     or self.settings.service_config)
         if needs_dnspython and not have_dnspython():
-            what = "a chosen DNS server" if self.dns.server else "TXT service configs"
-            raise ServiceConfigError(
-                "resolver_options.service_config" if self.dns.server is None else "",
-                f"{what} need dnspython (pip install 'lbclient[dns]')")
+            if self.dns.server is not None:
+                validate_dns_target(target)          # raises InvalidTargetError
+            raise ServiceConfigError("resolver_options.service_config",
+                                     "TXT service configs need dnspython "
+                                     "(pip install 'lbclient[dns]')")
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._schedule = ResolveSchedule(
