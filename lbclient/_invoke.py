@@ -231,12 +231,28 @@ def finish_when_done(rpc: Any, done: Completion) -> None:
             if live is None:
                 done.finish(grpc.StatusCode.CANCELLED)
             else:
-                done.finish(status_of(live), live)
+                done.finish_with(status_of(live).name, live.trailing_metadata() or (),
+                                 _initial_metadata_now(live))
         except Exception:  # never raise into grpc's callback thread
             log.exception("finishing a call failed")
 
     if not rpc.add_callback(on_terminated):
         on_terminated()
+
+
+def _initial_metadata_now(call: Any) -> Any:
+    """The call's initial metadata if grpc already has it, without waiting. On grpc's
+    callback thread ``initial_metadata()`` can deadlock: a trailers-only response (a
+    stream failed before any message) completes its status batch first, and the
+    initial-metadata batch would be handled by that very thread. Such a response has
+    no initial metadata anyway."""
+    state = getattr(call, "_state", None)   # grpc's _RPCState (private; absent: assume none)
+    if state is None:
+        try:
+            return call.initial_metadata() or ()   # not a grpc rendezvous (e.g. LocalRpcError)
+        except Exception:
+            return ()
+    return getattr(state, "initial_metadata", None) or ()
 
 
 def deadline_from(timeout: float | None, default: float | None) -> float | None:
