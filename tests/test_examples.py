@@ -35,7 +35,7 @@ def results() -> dict[str, subprocess.CompletedProcess[str]]:
 
 def test_there_are_examples() -> None:
     for name in ("quickstart.py", "health_and_outlier.py", "retries.py", "custom_policy.py",
-                 "prometheus_metrics.py", "asyncio_example.py"):
+                 "prometheus_metrics.py", "asyncio_example.py", "etcd_registration.py"):
         assert name in SCRIPTS
 
 
