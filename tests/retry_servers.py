@@ -34,6 +34,7 @@ class ScriptedServer(echo_pb2_grpc.EchoServicer):
         self.messages_before_failure = messages_before_failure
         self._lock = threading.Lock()
         self.metadata: list[dict[str, str]] = []
+        self.time_remaining: list[float | None] = []   # each call's deadline, as seen here
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         echo_pb2_grpc.add_EchoServicer_to_server(self, self._server)
         self.port = self._server.add_insecure_port("127.0.0.1:0")
@@ -62,6 +63,7 @@ class ScriptedServer(echo_pb2_grpc.EchoServicer):
         md = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
         with self._lock:
             self.metadata.append(md)
+            self.time_remaining.append(context.time_remaining())
 
     def _end(self, context: Any) -> None:
         if self.code is None:
