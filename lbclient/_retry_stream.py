@@ -56,10 +56,9 @@ class RetryingStream(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[mis
         self._accounted = False    # its outcome was given to the throttle
         self._cancelled = False
         self._wake = threading.Event()
+        # add_callback callbacks wait here until the final attempt is known, then go to
+        # it (grpc runs them). Their own lock: never wait for a reader blocked in grpc.
         self._callbacks: list[Callable[[], None]] = []
-        self._fired = False
-        # Callbacks have their own lock: _fire runs on grpc's threads, which must never
-        # wait for a reader blocked on those same threads.
         self._cb_lock = threading.Lock()
 
     def start(self) -> RetryingStream:
@@ -150,24 +149,18 @@ class RetryingStream(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[mis
         self._mark_final()
 
     def _mark_final(self) -> None:
-        if self._final:
-            return
-        self._final = True
-        rpc = self._rpc
-        if not rpc.add_callback(self._fire):
-            self._fire()
-
-    def _fire(self) -> None:
+        """The current attempt is the call's last: hand it the waiting callbacks. (No
+        callback of ours is left on it, so an abandoned stream can still be collected,
+        which is how grpc cancels it.)"""
         with self._cb_lock:
-            if self._fired:
+            if self._final:
                 return
-            self._fired = True
+            self._final = True
             callbacks, self._callbacks = self._callbacks, []
+        rpc = self._rpc
         for callback in callbacks:
-            try:
-                callback()
-            except Exception:
-                log.exception("stream callback failed")
+            if not rpc.add_callback(callback):
+                _run(callback)
 
     def _settle(self) -> None:
         """Read on until the call is committed or finished (keeping a first message)."""
@@ -230,10 +223,10 @@ class RetryingStream(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[mis
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
         with self._cb_lock:
-            if self._fired:
-                return False
-            self._callbacks.append(callback)
-            return True
+            if not self._final:
+                self._callbacks.append(callback)
+                return True
+        return bool(self._rpc.add_callback(callback))
 
     # ------------------------------------------------------------------ grpc.Future
     def cancelled(self) -> bool:
@@ -269,3 +262,10 @@ class RetryingStream(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[mis
                 f"final={self._final}: {self._rpc}>")
 
     __repr__ = __str__
+
+
+def _run(callback: Callable[[], None]) -> None:
+    try:
+        callback()
+    except Exception:
+        log.exception("stream callback failed")

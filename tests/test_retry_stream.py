@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -215,3 +216,19 @@ def test_plain_stream_failing_before_any_message_does_not_hang(scripted: Scripte
             assert info.value.code() is UNAVAILABLE
         assert time.monotonic() - started < 4
         wait_until(lambda: all(e.in_flight == 0 for e in ch.endpoints()), 5)
+
+
+def test_an_abandoned_committed_stream_is_cancelled(fleet: Fleet) -> None:
+    with lbclient.insecure_channel(fleet.target, service_config=retry_config()) as ch:
+        wait_ready(ch, 3)
+        stream = echo_pb2_grpc.EchoStub(ch).ServerStream(_req(count=400, sleep_ms=50),
+                                                         timeout=30)
+        calls: list[str] = []
+        stream.add_callback(lambda: calls.append("ended"))
+        assert next(stream).index == 0                 # committed
+        wait_until(lambda: sum(b.in_flight for b in fleet) == 1, 5)
+        del stream
+        gc.collect()
+        wait_until(lambda: sum(b.in_flight for b in fleet) == 0, 5,
+                   message="the abandoned stream cancelled")
+        wait_until(lambda: calls == ["ended"], 5)
