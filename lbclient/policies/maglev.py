@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .._validate import expect_object, get_int, reject_unknown
+from .._validate import expect_object, get_int, join, reject_unknown
 from ..balancer.policy import PolicySpec, register_policy
 from ..errors import ServiceConfigError
 from ._common import Weights, parse_header, parse_weights
@@ -68,7 +68,7 @@ def parse_config(raw: Any, path: str) -> Config:
     size = get_int(obj, "tableSize", path, DEFAULT_TABLE_SIZE, minimum=3,
                    maximum=MAX_TABLE_SIZE)
     if not is_prime(size):
-        raise ServiceConfigError(f"{path}.tableSize" if path else "tableSize",
+        raise ServiceConfigError(join(path, "tableSize"),
                                  f"must be a prime number, got {size}")
     return Config(size, parse_header(obj, "requestHashHeader", path),
                   parse_balance_factor(obj, path), parse_weights(obj, path))

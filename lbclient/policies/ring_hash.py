@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .._validate import expect_object, get_int, reject_unknown
+from .._validate import expect_object, get_int, join, reject_unknown
 from ..balancer.policy import PolicyContext, PolicySpec, register_policy
 from ..errors import ServiceConfigError
 from ._common import Weights, parse_header, parse_weights
@@ -66,7 +66,7 @@ def parse_config(raw: Any, path: str) -> Config:
     hi = get_int(obj, "maxRingSize", path, DEFAULT_MAX_RING_SIZE, minimum=1,
                  maximum=RING_SIZE_UPPER_BOUND)
     if lo > hi:
-        raise ServiceConfigError(f"{path}.minRingSize" if path else "minRingSize",
+        raise ServiceConfigError(join(path, "minRingSize"),
                                  f"must not exceed maxRingSize ({lo} > {hi})")
     return Config(lo, hi, parse_header(obj, "requestHashHeader", path),
                   parse_balance_factor(obj, path), parse_weights(obj, path))
