@@ -247,3 +247,43 @@ def test_backend_stop_and_restart_with_health_checking(fleet: Fleet) -> None:
         fleet[1].start()
         wait_until(lambda: fleet.addresses[1] in eligible(ch), 20, message="back")
         assert isinstance(fleet[1], Backend)
+
+
+class _FlakyWatch(health_pb2_grpc.HealthServicer):
+    """Watch fails with UNAVAILABLE; with ``message_first`` it sends SERVING first."""
+
+    def __init__(self, message_first: bool) -> None:
+        self.message_first = message_first
+        self.attempts: list[float] = []
+
+    def Watch(self, request: Any, context: Any) -> Iterator[Any]:
+        self.attempts.append(time.monotonic())
+        if self.message_first:
+            yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+        context.abort(grpc.StatusCode.UNAVAILABLE, "health service restarting")
+
+
+@pytest.mark.parametrize("message_first", [False, True])
+def test_broken_watch_streams_back_off_unless_a_message_arrived(message_first: bool) -> None:
+    servicer = _FlakyWatch(message_first)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    cfg = {"loadBalancingConfig": RR, "healthCheckConfig": {},
+           "lbclient": {"panicThreshold": 0}}       # one endpoint: no panic mode
+    try:
+        with lbclient.insecure_channel(f"ipv4:127.0.0.1:{port}", service_config=cfg) as ch:
+            wait_until(lambda: len(servicer.attempts) >= 1, 10, message="a Watch")
+            if message_first:
+                # A17: a message resets the backoff, so the next attempt is immediate.
+                wait_until(lambda: len(servicer.attempts) >= 4, 10, message="quick retries")
+            else:
+                time.sleep(1.5)
+                # backoff 1 s (+-20%), then 1.6 s: at most 2 attempts in 1.5 s
+                assert 1 <= len(servicer.attempts) <= 2, servicer.attempts
+                info = ch.endpoints()[0]
+                assert info.health == "unhealthy" and not info.eligible
+                assert info.health_reason == "health stream failed: UNAVAILABLE"
+    finally:
+        server.stop(None).wait(5)
