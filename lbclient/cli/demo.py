@@ -39,7 +39,7 @@ from ._demo_view import (
 )
 
 TICK = 0.25          # seconds between table refreshes
-READY_WAIT = 5.0     # seconds to wait for the first READY endpoint of a phase
+READY_WAIT = 5.0     # seconds to wait for every endpoint to be READY before a phase
 
 
 def add_parser(sub: Any) -> None:
@@ -148,9 +148,11 @@ def run_phase(fleet: DemoFleet, phase: Phase, title: str, args: argparse.Namespa
     traffic = script = None
     t0 = time.monotonic()
     try:
+        # Start the traffic once every endpoint is connected (bounded), so that phases
+        # compare policies rather than connection races.
         deadline = time.monotonic() + READY_WAIT
-        while time.monotonic() < deadline and not any(
-                e.connectivity == "READY" for e in channel.endpoints()):
+        while time.monotonic() < deadline and not (len(channel.endpoints()) == len(
+                CHARACTERS) and all(e.connectivity == "READY" for e in channel.endpoints())):
             time.sleep(0.01)
         traffic = Traffic(channel, recorder, threads=args.threads, rate=args.rate).start()
         script = fleet.script(args.duration).start()
