@@ -91,6 +91,12 @@ class Completion:
             self._done = True
         outcome = CallOutcome(code, time.perf_counter() - self._t0, tuple(trailing),
                               tuple(initial))
+        if code == "UNAVAILABLE":
+            # The connection may have just gone down: re-check it now rather than at the
+            # next connectivity sweep, so the next pick already avoids it.
+            poll = getattr(self._result.candidate.handle, "poll", None)
+            if poll is not None:
+                poll()
         result = self._result
         result.candidate.stats.end(outcome, code in self.failure_codes)
         if result.on_done is not None:

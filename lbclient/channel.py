@@ -60,9 +60,11 @@ class LoadBalancedChannel(grpc.Channel):
         self._closed = False
         self._close_lock = threading.Lock()
         self._scheduler = ThreadScheduler(clock=clock)
+        self._factory = SubchannelFactory(credentials, _subchannel_options(options),
+                                          self._scheduler)
         self._clock = clock
         self._balancer = Balancer(
-            SubchannelFactory(credentials, _subchannel_options(options)), clock=clock,
+            self._factory, clock=clock,
             rng=rng or random.Random(), scheduler=self._scheduler,
             on_endpoint_failure=self._on_endpoint_failure,
             health_factory=GrpcHealthCheckerFactory(self._scheduler))
@@ -201,6 +203,7 @@ class LoadBalancedChannel(grpc.Channel):
             self._closed = True
         self._invoker.closed = True
         self._resolver.close()
+        self._factory.close()
         self._balancer.close()
         self._scheduler.close()
 
