@@ -148,6 +148,7 @@ def test_initial_metadata_of_a_live_attempt_commits(fleet: Fleet) -> None:
 
 
 def test_cancel_during_stream_backoff(scripted: ScriptedServer) -> None:
+    scripted.pushback = "5000"                      # the retry: exactly 5 s away
     slow = retry_config(attempts=3, initial="5s", maximum="5s", multiplier=1)
     with lbclient.insecure_channel(f"ipv4:{scripted.address}", service_config=slow) as ch:
         wait_ready(ch, 1)

@@ -211,6 +211,7 @@ def test_future_failure_and_cancel_during_backoff() -> None:
             assert info.value is future and trailer(future) == "2"
             assert isinstance(future, grpc.Call | grpc.Future)
         server.metadata.clear()
+        server.pushback = "5000"                    # the next retry: exactly 5 s away
         with lbclient.insecure_channel(f"ipv4:{server.address}", service_config=slow) as ch:
             wait_ready(ch, 1)
             future = echo_pb2_grpc.EchoStub(ch).Unary.future(_req(), timeout=30)
@@ -226,7 +227,7 @@ def test_future_failure_and_cancel_during_backoff() -> None:
 
 def test_channel_close_ends_a_future_waiting_in_backoff() -> None:
     slow = retry_config(attempts=3, initial="5s", maximum="5s", multiplier=1)
-    with ScriptedServer(code=UNAVAILABLE) as server:
+    with ScriptedServer(code=UNAVAILABLE, pushback="5000") as server:
         ch = lbclient.insecure_channel(f"ipv4:{server.address}", service_config=slow)
         try:
             wait_ready(ch, 1)
