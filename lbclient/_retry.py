@@ -87,15 +87,7 @@ class Retrier:
                          compression)
         if self._hedges(args, mc, request):
             assert mc.hedging_policy is not None
-            future = HedgingFuture(self, inv, mc.hedging_policy).start()
-            try:
-                future._finished.wait()
-            except BaseException:
-                future.cancel()
-                raise
-            if future._failed:
-                raise with_attempts(future._final, future._previous)
-            return future._response, with_attempts(future._final, future._previous)
+            return HedgingFuture(self, inv, mc.hedging_policy).start().blocking_result()
         ctl = self._call_retry(args, mc, request, deadline)
         if ctl is None:
             return self.invoker.run(args, metadata, deadline, wait_for_ready, frozenset(),

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from ._invoke import status_of
-from ._retry_call import add_attempts_trailer
+from ._retry_call import add_attempts_trailer, with_attempts
 from ._rpc_error import LocalRpcError
 
 if TYPE_CHECKING:
@@ -72,6 +72,22 @@ class CallFuture(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc]
 
     def _previous_attempts(self) -> int:
         return 0
+
+    def blocking_result(self) -> tuple[Any, Any]:
+        """Wait for the outcome as a blocking call does: ``(response, grpc.Call)`` or raise
+        the final attempt's error (both reporting earlier attempts). An interrupt while
+        waiting (e.g. KeyboardInterrupt) cancels the call."""
+        try:
+            self._finished.wait()
+        except BaseException:
+            self.cancel()
+            raise
+        final = with_attempts(self._final, self._previous)
+        if self._failed:
+            if final is self._final:
+                raise final
+            raise final from None
+        return self._response, final
 
     def _wait(self, timeout: float | None) -> None:
         if not self._finished.wait(timeout):

@@ -314,3 +314,12 @@ def test_per_attempt_timeout_retries_a_slow_attempt(fleet: Fleet, channel_for: A
         assert stub.Unary(_req(), timeout=5).address != fleet[0].address
     assert time.monotonic() - started < 1.8            # never waited out the 2 s backend
     assert fleet[0].calls >= 1
+
+
+def test_wait_for_ready_retries_of_futures(fleet: Fleet, channel_for: Any) -> None:
+    # With waitForReady a retry's pick may block, so it starts on a thread of its own.
+    fleet[0].set_error_rate(1.0)
+    _, stub = channel_for(fleet.target, retry_config(waitForReady=True), ready=3)
+    futures = [stub.Unary.future(_req(str(i)), timeout=5) for i in range(9)]
+    assert [f.result(timeout=10).message for f in futures] == [str(i) for i in range(9)]
+    assert sum(trailer(f) == "1" for f in futures) == fleet[0].calls >= 1
