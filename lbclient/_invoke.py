@@ -132,7 +132,7 @@ class Invoker:
         try:
             return bal.picker.pick(info)
         except PickError as exc:
-            if not wait_for_ready:
+            if not wait_for_ready and not exc.queue:
                 raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
             reason = str(exc)
         bal.request_connections()
@@ -147,6 +147,8 @@ class Invoker:
             try:
                 return bal.picker.pick(info)
             except PickError as exc:
+                if not wait_for_ready and not exc.queue:
+                    raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
                 reason = str(exc)
 
     def place(self, args: CallArgs, metadata: Any, deadline: float | None,

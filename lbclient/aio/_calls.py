@@ -116,9 +116,10 @@ class _MultiCallable:
         try:
             return start(ch._balancer.picker.pick(info))
         except PickError as exc:
-            if not wfr:
+            if not wfr and not exc.queue:
                 return DeferredCall(_fail(grpc.StatusCode.UNAVAILABLE, str(exc)), request)
-            return DeferredCall(ch._wait_and_start(info, deadline, start, str(exc)), request)
+            return DeferredCall(ch._wait_and_start(info, deadline, start, str(exc), wfr),
+                                request)
 
 
 async def _fail(code: grpc.StatusCode, details: str) -> Any:

@@ -144,7 +144,8 @@ class LoadBalancedChannel(grpc.aio.Channel):
             pass
 
     async def _wait_and_start(self, info: PickInfo, deadline: float | None,
-                              start: Callable[[PickResult], Any], reason: str) -> Any:
+                              start: Callable[[PickResult], Any], reason: str,
+                              wait_for_ready: bool = True) -> Any:
         from .._invoke import remaining
 
         self._balancer.request_connections()
@@ -159,6 +160,8 @@ class LoadBalancedChannel(grpc.aio.Channel):
             try:
                 return start(self._balancer.picker.pick(info))
             except PickError as exc:
+                if not wait_for_ready and not exc.queue:
+                    raise _error(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
                 reason = str(exc)
 
     # ------------------------------------------------------------ grpc.aio.Channel

@@ -105,7 +105,8 @@ class Balancer:
         self._ramp_timer: Any = None
         self._panic = False
         self.failure_codes: frozenset[str] = SERVER_FAILURE_CODES
-        self.picker: Picker = FailingPicker("no endpoints yet: waiting for the resolver")
+        self.picker: Picker = FailingPicker("no endpoints yet: waiting for the resolver",
+                                            queue=True)
         self.state = Connectivity.IDLE
 
     # ----------------------------------------------------------------- configuration
@@ -238,7 +239,10 @@ class Balancer:
             if rec.connectivity is state:
                 return
             previous, rec.connectivity = rec.connectivity, state
+            if state is Connectivity.TRANSIENT_FAILURE:
+                rec.failed_since_ready = True
             if state is Connectivity.READY:
+                rec.failed_since_ready = False
                 rec.ready_since = self._clock()
                 self._start_checker_locked(rec)
             elif previous is Connectivity.READY:
@@ -441,7 +445,7 @@ class Balancer:
         for r in records:
             r.picked = False
         if policy is None or not chosen:
-            self.picker = FailingPicker(self._no_endpoint_reason())
+            self.picker = FailingPicker(self._no_endpoint_reason(), queue=self._queue_calls())
         else:
             candidates = []
             for r in chosen:
@@ -479,6 +483,18 @@ class Balancer:
                 return
             self._rebuild_locked()
         self._after_change()
+
+    def _queue_calls(self) -> bool:
+        """Whether calls should wait (within their deadline) instead of failing at once,
+        as gRPC queues picks while the channel is CONNECTING: before the first
+        resolution, or while some endpoint is connecting that has not failed since it
+        was last READY. Ejected, unhealthy and failed endpoints fail calls fast."""
+        if not self._records:
+            return not self._resolved_once and not self._resolver_error
+        if self._policy is None:
+            return True
+        return any(r.connectivity in (Connectivity.IDLE, Connectivity.CONNECTING)
+                   and not r.failed_since_ready for r in self._records.values())
 
     def _no_endpoint_reason(self) -> str:
         if not self._records:

@@ -22,7 +22,14 @@ Metadata = Sequence[tuple[str, str | bytes]]
 
 class PickError(LbclientError):
     """No endpoint can take this call. The channel turns it into UNAVAILABLE with
-    ``str(error)`` as the details (e.g. "no ready endpoints: 2 connecting, 1 failed")."""
+    ``str(error)`` as the details (e.g. "no ready endpoints: 2 connecting, 1 failed").
+    ``queue`` true means "not yet": the channel makes the call wait for the next picker
+    (within its deadline) even without ``wait_for_ready``, as gRPC queues calls while
+    connecting."""
+
+    def __init__(self, message: str, queue: bool = False) -> None:
+        super().__init__(message)
+        self.queue = queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,15 +201,17 @@ class Picker(Protocol):
 
 
 class FailingPicker:
-    """Raises :class:`PickError` with a fixed reason; published when nothing is eligible."""
+    """Raises :class:`PickError` with a fixed reason; published when nothing is eligible.
+    ``queue`` is passed on to the error (see :class:`PickError`)."""
 
-    __slots__ = ("reason",)
+    __slots__ = ("reason", "queue")
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, queue: bool = False) -> None:
         self.reason = reason
+        self.queue = queue
 
     def pick(self, info: PickInfo) -> PickResult:
-        raise PickError(self.reason)
+        raise PickError(self.reason, self.queue)
 
 
 def prefer_untried(candidates: Sequence[Candidate], info: PickInfo) -> Sequence[Candidate]:

@@ -70,7 +70,8 @@ class EndpointRecord:
     __slots__ = ("endpoint", "handle", "stats", "window", "connectivity", "tracker",
                  "checker", "checker_token", "reported_health", "unimplemented_logged",
                  "ejected", "ejected_until", "eject_reason", "added_at", "ready_since",
-                 "ramp_pending", "ramp_start", "effective_weight", "picked")
+                 "ramp_pending", "ramp_start", "effective_weight", "picked",
+                 "failed_since_ready")
 
     def __init__(self, endpoint: Endpoint, stats: EndpointStats, now: float,
                  clock: Callable[[], float]) -> None:
@@ -93,6 +94,10 @@ class EndpointRecord:
         self.ramp_start: float | None = None
         self.effective_weight = float(endpoint.weight)
         self.picked = False
+        # gRPC's sticky TRANSIENT_FAILURE: once a connection attempt failed, the endpoint
+        # counts as failed (calls fail fast) until it is READY again, even while it is
+        # reconnecting; before any failure, a connecting endpoint makes calls wait.
+        self.failed_since_ready = False
 
     @property
     def address(self) -> str:
