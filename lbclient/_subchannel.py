@@ -109,12 +109,15 @@ class Subchannel:
     whose call just failed."""
 
     __slots__ = ("endpoint", "address", "channel", "_callables", "_on_state", "_closed",
-                 "_lock", "_deliver_lock", "_check", "_last", "_monitor", "__weakref__")
+                 "_lock", "_deliver_lock", "_check", "_last", "_monitor", "_factory",
+                 "__weakref__")
 
     def __init__(self, endpoint: Endpoint, credentials: grpc.ChannelCredentials | None,
                  options: ChannelOptions, on_state: Callable[[Connectivity], None],
-                 monitor: ConnectivityMonitor | None = None) -> None:
+                 monitor: ConnectivityMonitor | None = None,
+                 factory: SubchannelFactory | None = None) -> None:
         self.endpoint = endpoint
+        self._factory = factory
         self.address = endpoint.address
         target = grpc_target(endpoint.address)
         if credentials is None:
@@ -189,12 +192,23 @@ class Subchannel:
         return self._closed
 
     def shutdown(self) -> None:
+        """Stop using the connection and close it. Called by the balancer once the
+        endpoint's in-flight calls have ended, which can be on grpc's own completion
+        thread: closing a grpc channel there would wait for that very thread, so the
+        close itself is handed to the factory (done on the scheduler, or at once while
+        the whole channel is closing)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
         if self._monitor is not None:
             self._monitor.remove(self)
+        if self._factory is not None:
+            self._factory.close_later(self)
+        else:
+            self.close_now()
+
+    def close_now(self) -> None:
         if self._check is None:
             self.channel.unsubscribe(self._deliver)
         self.channel.close()
@@ -202,18 +216,50 @@ class Subchannel:
 
 class SubchannelFactory:
     """Creates :class:`Subchannel` objects with the channel's credentials and options,
-    all watched by one :class:`ConnectivityMonitor` on ``scheduler`` (if given)."""
+    all watched by one :class:`ConnectivityMonitor` on ``scheduler`` (if given), and
+    closes the connections of removed endpoints off grpc's threads."""
 
     def __init__(self, credentials: grpc.ChannelCredentials | None,
                  options: ChannelOptions, scheduler: Any = None) -> None:
         self.credentials = credentials
         self.options = list(options)
+        self._scheduler = scheduler
         self.monitor = ConnectivityMonitor(scheduler) if scheduler is not None else None
+        self._lock = threading.Lock()
+        self._pending: dict[int, Subchannel] = {}
+        self._closing = False
 
     def create(self, endpoint: Endpoint,
                on_state: Callable[[Connectivity], None]) -> Subchannel:
-        return Subchannel(endpoint, self.credentials, self.options, on_state, self.monitor)
+        return Subchannel(endpoint, self.credentials, self.options, on_state, self.monitor,
+                          self)
+
+    def close_later(self, sub: Subchannel) -> None:
+        """Close ``sub``'s connection on the scheduler thread (at once while closing)."""
+        with self._lock:
+            now = self._closing or self._scheduler is None
+            if not now:
+                self._pending[id(sub)] = sub
+        if now:
+            sub.close_now()
+            return
+
+        def run() -> None:
+            with self._lock:
+                mine = self._pending.pop(id(sub), None) is not None
+            if mine:
+                sub.close_now()
+
+        self._scheduler.call_later(0.0, run)
 
     def close(self) -> None:
+        """The channel is closing: from now on connections close at once, and those
+        waiting for the scheduler are closed here."""
+        with self._lock:
+            self._closing = True
+            pending = list(self._pending.values())
+            self._pending.clear()
+        for sub in pending:
+            sub.close_now()
         if self.monitor is not None:
             self.monitor.close()
