@@ -2,9 +2,9 @@
 
 The backend stays connected and its health service keeps saying SERVING, so only passive
 signals can find it. Steady paced traffic (``rate`` calls/s over 4 threads) runs through
-a channel; after a warm-up of random length (so the fault lands at a random phase of the
-detector's interval timer; the same draw for every variant of a repetition), one backend
-starts failing every call. We count:
+a channel; a random time after the channel was created (so the fault lands at a random
+phase of the detector's interval timer, the same phase for every variant of a
+repetition), one backend starts failing every call. We count:
 
 * **failed calls**: calls that failed from the fault until the end of the observation
   window (``window`` s, far shorter than ``baseEjectionTime`` = 30 s, so an ejected
@@ -126,6 +126,7 @@ def _gray_run(fleet: Any, kind: str, config: dict[str, Any], s: Settings,
 
     bad = fleet[0]
     request = echo_pb2.EchoRequest(message="x")
+    t_created = time.monotonic()       # ~ when the detector's interval timer starts
     ch = _channel(kind, fleet.target, config)
     ejected_at: list[float] = []
     if kind != "native":
@@ -143,7 +144,8 @@ def _gray_run(fleet: Any, kind: str, config: dict[str, Any], s: Settings,
     try:
         stub.Unary(request, timeout=10, wait_for_ready=True)
         threads = _paced_traffic(lambda: stub.Unary(request, timeout=5), s.rate, stop, record)
-        time.sleep(warmup)
+        # the fault lands at the same phase of the interval timer for every variant
+        time.sleep(max(t_created + warmup - time.monotonic(), 0.2))
         t_fault = time.monotonic()
         bad.set_error_rate(1.0)
         time.sleep(s.window)
