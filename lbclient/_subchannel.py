@@ -7,6 +7,7 @@ is one dict lookup. ``shutdown()`` is idempotent.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import threading
 import time
@@ -66,6 +67,7 @@ class ConnectivityMonitor:
         self._lock = threading.Lock()
         self._timer: Any = None
         self._closed = False
+        self.batch: Callable[[], Any] = contextlib.nullcontext
 
     def add(self, sub: Subchannel) -> None:
         with self._lock:
@@ -84,8 +86,9 @@ class ConnectivityMonitor:
         t0 = time.perf_counter()
         with self._lock:
             subs = list(self._subs.values())
-        for sub in subs:
-            sub.poll()
+        with self.batch():   # one picker rebuild per sweep, however many changed
+            for sub in subs:
+                sub.poll()
         cost = time.perf_counter() - t0
         with self._lock:
             if self._closed or not self._subs:
@@ -233,6 +236,11 @@ class SubchannelFactory:
                on_state: Callable[[Connectivity], None]) -> Subchannel:
         return Subchannel(endpoint, self.credentials, self.options, on_state, self.monitor,
                           self)
+
+    def set_batcher(self, batch: Callable[[], Any]) -> None:
+        """The balancer's ``batch`` context manager, used around each sweep."""
+        if self.monitor is not None:
+            self.monitor.batch = batch
 
     def close_later(self, sub: Subchannel) -> None:
         """Close ``sub``'s connection on the scheduler thread (at once while closing)."""

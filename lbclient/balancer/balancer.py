@@ -18,11 +18,12 @@ new, readmitted or healthy again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from ..connectivity import Connectivity, aggregate
@@ -81,6 +82,14 @@ class Balancer:
                  on_endpoint_failure: Callable[[str], None] | None = None,
                  health_factory: HealthCheckerFactory | None = None) -> None:
         self._factory = factory
+        # Rebuild coalescing: while _batch_depth > 0, rebuilds only mark _dirty, and the
+        # outermost batch() rebuilds once (a connectivity sweep over 10,000 endpoints
+        # must not rebuild the picker for each of them).
+        self._batch_depth = 0
+        self._dirty = False
+        set_batcher = getattr(factory, "set_batcher", None)
+        if set_batcher is not None:
+            set_batcher(self.batch)
         self._clock = clock
         self._rng = rng or random.Random()
         self._scheduler = scheduler
@@ -426,7 +435,29 @@ class Balancer:
                 self._rebuild_locked()
         self._after_change()
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Apply the events raised inside the block (from any thread) with a single
+        picker rebuild when the outermost block ends. The lock is not held meanwhile;
+        calls keep using the previous picker until then."""
+        with self._lock:
+            self._batch_depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._batch_depth -= 1
+                rebuild = self._batch_depth == 0 and self._dirty and not self._closed
+                if rebuild:
+                    self._dirty = False
+                    self._rebuild_locked()
+            if rebuild:
+                self._after_change()
+
     def _rebuild_locked(self) -> None:
+        if self._batch_depth:
+            self._dirty = True
+            return
         self._generation += 1
         now = self._clock()
         policy = self._policy
