@@ -100,13 +100,12 @@ def test_drained_primary_group_fails_over_on_health_without_a_failed_call(
     """Calls keep flowing from 4 threads while the whole primary group (3 of 5) turns
     NOT_SERVING and is then stopped: the drained failover of active-passive.
 
-    ``panicThreshold: 0`` is needed (docs/groups.md): with 3 of 5 endpoints unhealthy
-    the channel-wide panic threshold (50%) would otherwise hand the unhealthy primaries
-    back to the policy as candidates."""
+    With the default panic threshold (50%): 3 of 5 endpoints are unhealthy, but the
+    priority policy's normalized total health (the standby level is fully healthy)
+    keeps the channel out of panic, so the unhealthy primaries are not handed back."""
     fleet = fleet_factory(5)
     primaries, standbys = fleet[:3], fleet[3:]
-    cfg = priority_config(standbys, healthCheckConfig={"serviceName": ""},
-                          lbclient={"panicThreshold": 0})
+    cfg = priority_config(standbys, healthCheckConfig={"serviceName": ""})
     failures: list[BaseException] = []
     done = threading.Event()
     answered: collections.Counter[str] = collections.Counter()

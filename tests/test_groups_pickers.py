@@ -510,3 +510,39 @@ def test_balancer_gives_the_policy_every_endpoint(recorders: list[Recorder]) -> 
     finally:
         bal.close()
     assert first.closed == 1
+
+
+def test_priority_available_share_is_normalized_total_health() -> None:
+    """Panic is judged on Envoy's normalized total health for priority: a healthy standby
+    level keeps the channel out of panic even when most primaries are unhealthy."""
+    import random as _random
+
+    from lbclient.balancer.policy import PolicyContext, get_policy
+    from lbclient.endpoint import Endpoint
+
+    spec = get_policy("priority")
+    assert spec is not None
+    config = spec.parse_config({"childPolicy": [{"round_robin": {}}]}, "priority")
+    policy = spec.create(config, PolicyContext(clock=lambda: 0.0, rng=_random.Random(1)))
+    primaries = [Endpoint(f"10.0.0.{i}:1", attributes={"priority": 0}) for i in range(5)]
+    standbys = [Endpoint(f"10.0.1.{i}:1", attributes={"priority": 1}) for i in range(2)]
+    everyone = primaries + standbys
+    policy.endpoints_changed(everyone)
+    # 2 of 5 primaries fit (0.4 x 1.4 = 0.56) + standby level fully fit (1.0) -> 1.0
+    assert policy.available_share(primaries[:2] + standbys, everyone) == 1.0
+    # no standby fit: 0.56 only
+    assert abs(policy.available_share(primaries[:2], everyone) - 0.56) < 1e-9
+    # nothing fit
+    assert policy.available_share([], everyone) == 0.0
+    # a wrapper asks its child
+    od = get_policy("outlier_detection")
+    assert od is not None
+    wrapped = od.create(od.parse_config({"childPolicy": [{"priority": {}}]}, "od"),
+                        PolicyContext(clock=lambda: 0.0, rng=_random.Random(1)))
+    wrapped.child.endpoints_changed(everyone)
+    assert wrapped.available_share(primaries[:2] + standbys, everyone) == 1.0
+    rr = get_policy("round_robin")
+    assert rr is not None
+    plain = rr.create(rr.parse_config({}, "rr"), PolicyContext(clock=lambda: 0.0,
+                                                               rng=_random.Random(1)))
+    assert plain.available_share(primaries[:2] + standbys, everyone) == 4 / 7

@@ -465,7 +465,12 @@ class Balancer:
         connected = [r for r in records if r.connected()]
         fit = [r for r in connected if r.fit()]
         threshold = self._options.panic_threshold
-        panic = bool(threshold > 0 and connected and len(fit) * 100.0 < threshold * len(connected))
+        panic = False
+        if threshold > 0 and connected:
+            share = (policy.available_share([r.endpoint for r in fit],
+                                            [r.endpoint for r in connected])
+                     if policy is not None else len(fit) / len(connected))
+            panic = share * 100.0 < threshold
         if panic != self._panic:
             self._panic = panic
             (log.warning if panic else log.info)(

@@ -78,6 +78,18 @@ class Policy(ABC):
         update, and once after the policy is created. Group policies use it to know each
         group's size, so they can compute its healthy share from the candidates."""
 
+    def available_share(self, fit: Sequence[Endpoint], connected: Sequence[Endpoint]) -> float:
+        """The share of capacity (0..1) this policy can serve from the ``fit`` endpoints
+        (READY, healthy, not ejected) out of the ``connected`` ones. The balancer compares
+        it with the panic threshold. Default: ``len(fit) / len(connected)``; a wrapper
+        policy (one with a ``child`` policy) asks its child; group policies answer with
+        their own arithmetic (``priority``: Envoy's normalized total health, so a
+        healthy standby level keeps the channel out of panic)."""
+        child = getattr(self, "child", None)
+        if isinstance(child, Policy):
+            return child.available_share(fit, connected)
+        return len(fit) / len(connected) if connected else 0.0
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release timers; called once when the channel closes or the policy changes."""
 

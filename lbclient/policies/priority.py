@@ -37,6 +37,7 @@ from ._groups import (
     EndpointAttributes,
     GroupedPolicy,
     Overrides,
+    group_by,
     group_health,
     parse_child,
     parse_factor,
@@ -84,6 +85,17 @@ class PriorityPolicy(GroupedPolicy):
         factor = self.config.overprovisioning_factor
         return priority_loads([group_health(eligible, total, factor)
                                for _, eligible, total in groups])
+
+
+    def available_share(self, fit: Sequence[Endpoint], connected: Sequence[Endpoint]) -> float:
+        """Envoy's normalized total health: the sum of the levels' health scores
+        (fit share x overprovisioning factor, capped at 1), capped at 1."""
+        factor = self.config.overprovisioning_factor
+        fit_by = group_by(fit, self.group_of)
+        total = 0.0
+        for key, members in group_by(connected, self.group_of).items():
+            total += group_health(len(fit_by.get(key, ())), len(members), factor)
+        return min(1.0, total)
 
 
 SPEC = PolicySpec(NAME, parse_config, PriorityPolicy)
