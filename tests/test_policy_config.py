@@ -22,8 +22,9 @@ def test_defaults_follow_grpc() -> None:
     lr = parse({"least_request_experimental": {}})
     assert (lr.choice_count, lr.active_request_bias) == (2, 1.0)
     rh = parse({"ring_hash_experimental": {}})
+    # minRingSize: lbclient's default is 4096 (gRPC's 1024): see ring_hash's docstring.
     assert (rh.min_ring_size, rh.max_ring_size, rh.request_hash_header,
-            rh.hash_balance_factor) == (1024, 4096, None, None)
+            rh.hash_balance_factor) == (4096, 4096, None, None)
     mg = parse({"maglev": {}})
     assert (mg.table_size, mg.request_hash_header) == (65537, None)
     pe = parse({"peak_ewma": {}})

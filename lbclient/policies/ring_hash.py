@@ -3,7 +3,7 @@ Also registered as gRPC's older name, ``ring_hash_experimental``.
 
 Config (gRPC's fields and defaults, plus Envoy's bounded load and lbclient's weights)::
 
-    {"minRingSize": 1024,                  # 1 .. 8,388,608 (8M, gRPC's upper bound)
+    {"minRingSize": 4096,                  # 1 .. 8,388,608 (8M); gRPC's default is 1024
      "maxRingSize": 4096,                  # 1 .. 8M, and >= minRingSize
      "requestHashHeader": "x-user-id",     # A76: the key; not a "-bin" header
      "hashBalanceFactor": 150,             # optional, >= 100 (Envoy's bounded load)
@@ -19,8 +19,18 @@ in every process and for every client given the same endpoints (see ``_hashing``
 
 Key rules, ineligible endpoints and bounded load: see ``_hash_base``. Keys of an
 ineligible endpoint go to the next eligible endpoint on the ring; no other key moves.
-Removing an endpoint from discovery rebuilds the ring for the new list (as gRPC does),
-which also moves a few percent of the other keys because every share grows.
+
+Two deliberate differences from gRPC, both for steadier key placement:
+
+* the default ``minRingSize`` is 4096, not 1024: at 1024 a 10-endpoint ring has about
+  100 points per endpoint and the busiest endpoint takes about 1.23x the mean share of
+  keys; at 4096 about 1.07x. Set ``"minRingSize": 1024`` to lay out gRPC's exact ring.
+* the ring's scale (points per unit of weight) is kept across endpoint-list updates while
+  the ring stays between ``minRingSize / 2`` and ``maxRingSize`` points: an endpoint
+  removed by discovery then takes only its own points away, so only its keys move
+  (about 1/N), instead of every share being re-spread (gRPC rebuilds at a new scale,
+  which also moves a few percent of everyone else's keys). Outside those bounds the
+  scale is recomputed by gRPC's rule.
 
 Picks are O(log ring); a ring is rebuilt (O(ring) hashes, cached per hash key) only when
 the endpoint list or weights change.
@@ -43,7 +53,7 @@ from ._hashing import xxhash64
 
 NAME = "ring_hash"
 GRPC_NAME = "ring_hash_experimental"
-DEFAULT_MIN_RING_SIZE = 1024
+DEFAULT_MIN_RING_SIZE = 4096  # gRPC: 1024 (see the module docstring)
 DEFAULT_MAX_RING_SIZE = 4096
 RING_SIZE_UPPER_BOUND = 8 * 1024 * 1024
 
@@ -113,6 +123,7 @@ class RingHash(HashPolicy):
     def __init__(self, config: Config, ctx: PolicyContext) -> None:
         super().__init__(config, ctx)
         self._points: dict[str, list[int]] = {}  # hash key -> XXH64("<key>_<i>"), i = 0..
+        self._per_weight: float | None = None    # sticky scale: points per unit of weight
 
     def _point_hashes(self, key: str, count: int) -> list[int]:
         cached = self._points.setdefault(key, [])
@@ -120,9 +131,20 @@ class RingHash(HashPolicy):
             cached.append(xxhash64(f"{key}_{i}"))
         return cached[:count]
 
+    def _counts(self, weights: list[float]) -> list[int]:
+        """Points per member: the previous scale while the ring stays within
+        [minRingSize / 2, maxRingSize] points, else gRPC's rule (a new scale)."""
+        total = sum(weights)
+        per = self._per_weight
+        if per is not None and (self.config.min_ring_size / 2 <= per * total
+                                <= self.config.max_ring_size):
+            return [max(1, round(per * w)) for w in weights]
+        counts = point_counts(weights, self.config.min_ring_size, self.config.max_ring_size)
+        self._per_weight = sum(counts) / total
+        return counts
+
     def make_layout(self, members: list[tuple[str, str, float]]) -> Layout:
-        counts = point_counts([w for _, _, w in members], self.config.min_ring_size,
-                              self.config.max_ring_size)
+        counts = self._counts([w for _, _, w in members])
         points: list[tuple[int, int]] = []
         for m, ((key, _, _), count) in enumerate(zip(members, counts, strict=True)):
             points.extend((h, m) for h in self._point_hashes(key, count))
