@@ -53,6 +53,8 @@ class Backend:
         ``("x-backend", name)``; trailing metadata holds ``("x-backend", name)`` plus every
         request metadata pair whose key starts with ``x-echo-``, plus the ORCA load
         report trailers while ``set_orca(True)`` is on (see ``set_orca``).
+      * ``server_credentials`` (a ``grpc.ServerCredentials``): serve TLS instead of
+        plaintext (``Fleet(n, server_credentials=...)`` passes it to every backend).
     """
 
     def __init__(
@@ -64,8 +66,10 @@ class Backend:
         orca: bool = False,
         seed: int | None = None,
         max_workers: int = 32,
+        server_credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self._name = name
+        self._server_credentials = server_credentials  # TLS (add_secure_port) when given
         self._health_enabled = health
         self._max_workers = max_workers
         self._lock = threading.Condition()
@@ -137,7 +141,10 @@ class Backend:
                 options=[("grpc.so_reuseport", 0)],
             )
             try:
-                port = server.add_insecure_port(f"{_HOST}:{wanted}")
+                if self._server_credentials is not None:
+                    port = server.add_secure_port(f"{_HOST}:{wanted}", self._server_credentials)
+                else:
+                    port = server.add_insecure_port(f"{_HOST}:{wanted}")
             except RuntimeError:
                 port = 0
             if port and (not wanted or port == wanted):
