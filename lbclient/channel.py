@@ -18,28 +18,21 @@ from typing import Any
 import grpc
 
 from ._calls import StreamStream, StreamUnary, UnaryStream, UnaryUnary
+from ._channel_common import ChannelCommon, ServiceConfigInput
 from ._invoke import Invoker
 from ._retry import configure_retrier
 from ._scheduler import ThreadScheduler
 from ._subchannel import TO_GRPC, SubchannelFactory
-from .balancer.balancer import Balancer, EndpointInfo
+from .balancer.balancer import Balancer
 from .balancer.picker import CallOutcome
 from .config import ServiceConfig, parse_service_config
-from .errors import ServiceConfigError
-from .health.events import EndpointEvent
-from .health.options import FIELD as LBCLIENT_FIELD
-from .health.options import parse_balancing_options
 from .health.prober import GrpcHealthCheckerFactory
-from .method_config import MethodConfig, MethodConfigTable
 from .metrics._auto import channel_created as metrics_channel_created
-from .resolver.base import ResolverState, create_resolver, parse_target, validate_target
+from .resolver.base import create_resolver
 
 log = logging.getLogger("lbclient.channel")
 
-ServiceConfigInput = str | bytes | Mapping[str, Any] | None
-
-
-class LoadBalancedChannel(grpc.Channel):
+class LoadBalancedChannel(ChannelCommon, grpc.Channel):
     """A client-side load-balanced channel. Use :func:`lbclient.insecure_channel` or
     :func:`lbclient.secure_channel` to make one.
 
@@ -53,11 +46,7 @@ class LoadBalancedChannel(grpc.Channel):
                  resolver_options: Mapping[str, Any] | None = None,
                  rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._target = parse_target(target)
-        validate_target(self._target)
-        self._user_config = (parse_service_config(service_config)
-                             if service_config is not None else None)
-        self._closed = False
+        self._init_common(target, service_config, log)
         self._close_lock = threading.Lock()
         self._scheduler = ThreadScheduler(clock=clock)
         self._factory = SubchannelFactory(credentials, _subchannel_options(options),
@@ -70,8 +59,6 @@ class LoadBalancedChannel(grpc.Channel):
             health_factory=GrpcHealthCheckerFactory(self._scheduler))
         self._invoker = Invoker(self._balancer)
         self._retrier: Any = None
-        self._methods = MethodConfigTable(())
-        self._config: ServiceConfig | None = None
         self._subscribers: list[list[Any]] = []      # [callback, last delivered state]
         self._subscribers_lock = threading.Lock()
         self._balancer.add_listener(self._on_balancer_change)
@@ -80,56 +67,14 @@ class LoadBalancedChannel(grpc.Channel):
         self._resolver = create_resolver(self._target, self, resolver_options)
         self._resolver.start()
 
-    # ------------------------------------------------------------ configuration
-    def _apply_config(self, config: ServiceConfig) -> None:
-        if self._config is not None and config.raw == self._config.raw:
-            return
-        options = parse_balancing_options(config.raw.get(LBCLIENT_FIELD))  # may raise
-        self._config = config
-        self._methods = MethodConfigTable(config.method_configs)
+    # ------------------------------------------------------------ ChannelCommon hooks
+    def _config_applied(self, config: ServiceConfig) -> None:
         self._retrier = configure_retrier(self._retrier, config, self._invoker,
                                           self._balancer, self._scheduler)
-        self._balancer.set_options(options)
-        self._balancer.set_health_check(config.health_check)
-        self._balancer.set_policy(config.lb.spec, config.lb.config)
         self._invoker.failure_codes = self._balancer.failure_codes
-        log.info("service config applied: policy %s", config.lb.name)
 
-    def _method_config(self, method: str) -> MethodConfig | None:
-        return self._methods.lookup(method) if self._methods else None
-
-    @property
-    def service_config(self) -> ServiceConfig | None:
-        return self._config
-
-    # ------------------------------------------------------------ resolver listener
-    def on_resolved(self, state: ResolverState) -> None:
-        if self._closed:
-            return
-        if self._user_config is None and state.service_config is not None:
-            try:
-                self._apply_config(parse_service_config(state.service_config))
-            except ServiceConfigError as exc:
-                # gRPC keeps the previous config when the resolver sends a bad one.
-                log.warning("ignoring the resolver's service config: %s", exc)
-        if not state.endpoints and not state.authoritative:
-            self.on_resolver_error(ValueError("resolver returned no endpoints"))
-            return
-        self._balancer.update_endpoints(state.endpoints)
-        self._deliver_resolver(state, None)
-
-    def on_resolver_error(self, error: Exception) -> None:
-        if self._closed:
-            return
-        log.warning("resolver error for %s: %s (keeping %d endpoints)", self._target.raw,
-                    error, len(self._balancer.records()))
-        self._balancer.resolver_error(str(error))
-        self._deliver_resolver(None, error)
-
-    def _on_endpoint_failure(self, address: str) -> None:
-        resolver = getattr(self, "_resolver", None)
-        if resolver is not None and not self._closed:
-            resolver.resolve_now()
+    def _set_call_listener(self, fn: Callable[[str, CallOutcome], None] | None) -> None:
+        self._invoker.call_listener = fn
 
     # ------------------------------------------------------------ grpc.Channel
     def unary_unary(self, method: str, request_serializer: Any = None,
@@ -219,81 +164,6 @@ class LoadBalancedChannel(grpc.Channel):
                 self.close()
         except Exception:
             pass
-
-    # ------------------------------------------------------------ visibility
-    def endpoints(self) -> list[EndpointInfo]:
-        """An immutable snapshot of every endpoint (address, weight, connectivity,
-        health, ejection, in-flight, calls, failures, recent window, latency EWMA,
-        slow start); see :class:`lbclient.EndpointInfo`."""
-        return self._balancer.snapshot()
-
-    def add_event_listener(self, fn: Callable[[EndpointEvent], None]) -> None:
-        """``fn(event)`` for every :class:`lbclient.EndpointEvent` (added, removed,
-        health_changed, ejected, readmitted), in order and one at a time, on the thread
-        that caused it, never under a channel lock. Events are also logged on
-        ``lbclient.events``."""
-        self._balancer.add_event_listener(fn)
-
-    def remove_event_listener(self, fn: Callable[[EndpointEvent], None]) -> None:
-        self._balancer.remove_event_listener(fn)
-
-    @property
-    def target(self) -> str:
-        return self._target.raw
-
-    # ------------------------------------------------------------ call listeners
-    _call_listeners: tuple[Callable[[str, CallOutcome], None], ...] = ()
-
-    def add_call_listener(self, fn: Callable[[str, CallOutcome], None]) -> None:
-        """``fn(address, outcome)`` once per finished attempt (any thread: a caller's or
-        grpc's callback thread). It must be quick and should not raise (errors are
-        logged). ``lbclient.metrics`` uses it."""
-        with self._subscribers_lock:
-            self._call_listeners = (*self._call_listeners, fn)
-            self._invoker.call_listener = self._deliver_call
-
-    def remove_call_listener(self, fn: Callable[[str, CallOutcome], None]) -> None:
-        with self._subscribers_lock:
-            rest = list(self._call_listeners)
-            if fn in rest:
-                rest.remove(fn)
-            self._call_listeners = tuple(rest)
-            if not rest:
-                self._invoker.call_listener = None
-
-    def _deliver_call(self, address: str, outcome: CallOutcome) -> None:
-        for fn in self._call_listeners:
-            try:
-                fn(address, outcome)
-            except Exception:
-                log.exception("call listener failed")
-
-    _resolver_listeners: tuple[Callable[[ResolverState | None, Exception | None], None],
-                               ...] = ()
-
-    def add_resolver_listener(
-            self, fn: Callable[[ResolverState | None, Exception | None], None]) -> None:
-        """``fn(state, None)`` after each resolver update is applied, ``fn(None, error)``
-        after each resolver failure (on the resolver's thread; quick, should not raise).
-        ``lbclient.metrics`` uses it."""
-        with self._subscribers_lock:
-            self._resolver_listeners = (*self._resolver_listeners, fn)
-
-    def remove_resolver_listener(
-            self, fn: Callable[[ResolverState | None, Exception | None], None]) -> None:
-        with self._subscribers_lock:
-            rest = list(self._resolver_listeners)
-            if fn in rest:
-                rest.remove(fn)
-            self._resolver_listeners = tuple(rest)
-
-    def _deliver_resolver(self, state: ResolverState | None,
-                          error: Exception | None) -> None:
-        for fn in self._resolver_listeners:
-            try:
-                fn(state, error)
-            except Exception:
-                log.exception("resolver listener failed")
 
 
 def _subchannel_options(options: Sequence[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
