@@ -20,6 +20,7 @@ from grpc import _common
 from .connectivity import Connectivity
 from .endpoint import Endpoint
 from .resolver.address import split_host_port
+from .resolver.base import Target
 
 _STATES = {
     grpc.ChannelConnectivity.IDLE: Connectivity.IDLE,
@@ -41,6 +42,42 @@ def grpc_target(address: str) -> str:
     except ValueError:
         return address
     return f"ipv4:{host}:{port}" if ip.version == 4 else f"ipv6:[{host}]:{port}"
+
+
+# Options naming the server a connection presents and verifies TLS against; if the user
+# gives either, lbclient adds neither.
+AUTHORITY_OPTIONS = frozenset({"grpc.default_authority", "grpc.ssl_target_name_override"})
+
+
+def logical_authority(target: Target) -> str | None:
+    """The authority every endpoint connection of ``target`` should use: the target's
+    ``host[:port]`` for ``dns:`` targets and for ``static:`` targets naming one host
+    (what a plain grpc channel to that target would send and verify TLS against), None
+    for the others (``ipv4:``/``ipv6:``, ``file:``, ``etcd:``..., or a ``static:`` list
+    of several hosts): endpoints are IP addresses, so without it TLS would check the
+    certificate against each IP."""
+    if target.scheme == "dns":
+        return target.endpoint.strip() or None
+    if target.scheme == "static":
+        try:
+            pairs = [split_host_port(p, "static") for p in target.endpoint.split(",")]
+        except ValueError:
+            return None
+        if pairs and len({host for host, _ in pairs}) == 1:
+            return target.endpoint.split(",")[0].strip()
+    return None
+
+
+def with_authority(options: ChannelOptions, target: Target | None) -> list[tuple[str, Any]]:
+    """``options`` plus ``("grpc.default_authority", logical_authority(target))`` unless
+    the user set the authority or ``grpc.ssl_target_name_override`` (grpc core checks
+    the server certificate against the default authority)."""
+    opts = list(options)
+    if target is not None and not any(k in AUTHORITY_OPTIONS for k, _ in opts):
+        authority = logical_authority(target)
+        if authority:
+            opts.append(("grpc.default_authority", authority))
+    return opts
 
 
 def _noop(_: grpc.ChannelConnectivity) -> None:
@@ -223,9 +260,10 @@ class SubchannelFactory:
     closes the connections of removed endpoints off grpc's threads."""
 
     def __init__(self, credentials: grpc.ChannelCredentials | None,
-                 options: ChannelOptions, scheduler: Any = None) -> None:
+                 options: ChannelOptions, scheduler: Any = None, *,
+                 target: Target | None = None) -> None:
         self.credentials = credentials
-        self.options = list(options)
+        self.options = with_authority(options, target)  # TLS names for IP endpoints
         self._scheduler = scheduler
         self.monitor = ConnectivityMonitor(scheduler) if scheduler is not None else None
         self._lock = threading.Lock()
