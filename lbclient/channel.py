@@ -50,7 +50,7 @@ class LoadBalancedChannel(ChannelCommon, grpc.Channel):
         self._close_lock = threading.Lock()
         self._scheduler = ThreadScheduler(clock=clock)
         self._factory = SubchannelFactory(credentials, _subchannel_options(options),
-                                          self._scheduler)
+                                          self._scheduler, target=self._target)
         self._clock = clock
         self._balancer = Balancer(
             self._factory, clock=clock,

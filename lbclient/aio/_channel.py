@@ -19,7 +19,7 @@ import grpc
 import grpc.aio
 
 from .._invoke import SERVER_FAILURE_CODES
-from .._subchannel import TO_GRPC
+from .._subchannel import TO_GRPC, with_authority
 from ..balancer.balancer import Balancer, EndpointInfo
 from ..balancer.picker import CallOutcome, PickError, PickInfo, PickResult
 from ..config import ServiceConfig, parse_service_config
@@ -60,7 +60,9 @@ class LoadBalancedChannel(grpc.aio.Channel):
         opts = list(options or [])
         if "grpc.use_local_subchannel_pool" not in {k for k, _ in opts}:
             opts.append(("grpc.use_local_subchannel_pool", 1))
-        self._factory = AioSubchannelFactory(credentials, opts, interceptors)
+        # the target's logical authority (TLS names for IP endpoints), as the sync channel
+        self._factory = AioSubchannelFactory(credentials, with_authority(opts, self._target),
+                                             interceptors)
         self._balancer = Balancer(self._factory, clock=self._loop.time,
                                   rng=rng or random.Random(), scheduler=self._scheduler,
                                   on_endpoint_failure=self._on_endpoint_failure,
