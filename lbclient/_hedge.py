@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from ._invoke import status_of
-from ._retry_call import attempt_metadata, parse_pushback
+from ._retry_call import attempt_metadata, judge_hedge_failure
 from ._retry_future import CallFuture
 from ._rpc_error import LocalRpcError
 from .method_config import HedgingPolicy
@@ -136,14 +136,14 @@ class HedgingFuture(CallFuture):
             if self._finish(rpc, response, previous=self._previous_attempts()):
                 self._on_cancel()
             return
-        if code not in self._policy.non_fatal_status_codes:
+        fatal, no_more, delay = judge_hedge_failure(
+            code, rpc, self._policy.non_fatal_status_codes, throttle)
+        if fatal:
             self._fail(rpc)
             return
-        stop, delay = parse_pushback(rpc)
-        allowed = throttle.record_failure() if throttle is not None else True
         with self._lock:
             self._last_error = rpc
-            if stop or not allowed:
+            if no_more:
                 self._no_more = True
             more = not self._no_more and self._started < self._policy.max_attempts
             give_up = not more and not self._inflight

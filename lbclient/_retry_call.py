@@ -36,8 +36,9 @@ def attempt_metadata(metadata: Any, previous: int) -> Any:
 
 
 def code_name(error: BaseException | None) -> str | None:
-    """The status code name of an RPC error, None for anything else."""
-    if not isinstance(error, grpc.Call):
+    """The status code name of an RPC error (grpc's, lbclient's or grpc.aio's
+    ``AioRpcError``), None for anything else."""
+    if not isinstance(error, grpc.Call | grpc.RpcError):
         return None
     try:
         code = error.code()
@@ -65,6 +66,19 @@ def parse_pushback(call: Any) -> tuple[bool, float | None]:
             return True, None
         return False, int(text) / 1000.0
     return False, None
+
+
+def judge_hedge_failure(code: str, call: Any, non_fatal: frozenset[str],
+                        throttle: Any) -> tuple[bool, bool, float | None]:
+    """A hedged attempt that failed with ``code``: ``(fatal, no_more, delay)``. A code
+    outside ``nonFatalStatusCodes`` is fatal (the call fails at once); otherwise the
+    failure costs a throttle token, and hedging stops (``no_more``) when the throttle
+    says so or a pushback says "don't retry"; ``delay`` is the pushback delay, if any."""
+    if code not in non_fatal:
+        return True, True, None
+    stop, delay = parse_pushback(call)
+    allowed = throttle.record_failure() if throttle is not None else True
+    return False, stop or not allowed, delay
 
 
 def with_attempts(call: Any, previous: int) -> Any:

@@ -89,11 +89,13 @@ class CallRetry:
         self.pushback: float | None = None  # the last failed attempt's pushback delay
         self.backoff_from = 0               # attempt number the exponent restarts after
         self.cut = False                    # this attempt's timeout is perAttemptRecvTimeout
-        self.retrying = tenacity.Retrying(
-            retry=RetryOnPolicy(self),
-            wait=A6Backoff(self, rng or random.Random()),
-            stop=stop_after_attempt(policy.max_attempts) | StopAtDeadline(deadline, clock),
-            sleep=sleep, reraise=True)
+        # The call's tenacity strategies: ``retrying`` runs them for blocking calls;
+        # lbclient.aio runs the same ones in a ``tenacity.AsyncRetrying``.
+        self.strategies: dict[str, Any] = {
+            "retry": RetryOnPolicy(self),
+            "wait": A6Backoff(self, rng or random.Random()),
+            "stop": stop_after_attempt(policy.max_attempts) | StopAtDeadline(deadline, clock)}
+        self.retrying = tenacity.Retrying(**self.strategies, sleep=sleep, reraise=True)
         self.state = RetryCallState(self.retrying, None, (), {})
 
     # ------------------------------------------------------------------ attempts
