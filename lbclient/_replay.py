@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 DEFAULT_LIMIT = 256 * 1024
+PULL: Any = object()   # RequestReplay._take: "read the source first"
 
 
 def message_size(message: Any, serializer: Callable[[Any], bytes] | None) -> int:
@@ -72,9 +73,12 @@ class RequestReplay:
                 return None
             if self._current is not None:
                 self._current.closed = True
-            view = ReplayView(self)
+            view = self._new_view()
             self._current = view
             return view
+
+    def _new_view(self) -> ReplayView:
+        return ReplayView(self)
 
     def commit(self, view: ReplayView) -> None:
         """Only ``view`` goes on; messages it has already read are dropped."""
@@ -93,33 +97,50 @@ class RequestReplay:
     def next_for(self, view: ReplayView) -> Any:
         with self._lock:
             while True:
-                if view.closed or (self._owner is not None and view is not self._owner):
-                    raise StopIteration
-                k = view.index - self._base
-                if k < len(self._buf):
-                    message = self._buf[k]
-                    view.index += 1
-                    if view is self._owner:   # committed: nobody will replay it
-                        self._buf.popleft()
-                        self._base += 1
+                message = self._take(view)
+                if message is not PULL:
                     return message
-                if self._exhausted:
-                    if self._error is not None:
-                        raise self._error
-                    raise StopIteration
                 self._pull()
+
+    def _take(self, view: ReplayView) -> Any:
+        """Under the lock: ``view``'s next message, or :data:`PULL` when the source must
+        be read first. Raises StopIteration at the end (or the source's error)."""
+        if view.closed or (self._owner is not None and view is not self._owner):
+            raise StopIteration
+        k = view.index - self._base
+        if k < len(self._buf):
+            message = self._buf[k]
+            view.index += 1
+            if view is self._owner:   # committed: nobody will replay it
+                self._buf.popleft()
+                self._base += 1
+            return message
+        if self._exhausted:
+            if self._error is not None:
+                raise self._error
+            raise StopIteration
+        return PULL
 
     def _pull(self) -> None:
         try:
             message = next(self._source)
         except StopIteration:
-            self._exhausted = True
+            self._source_ended(None)
             return
         except Exception as exc:
-            self._exhausted = True
-            self._error = exc
-            self._commit(self._current)
+            self._source_ended(exc)
             return
+        self._accept(message)
+
+    def _source_ended(self, error: Exception | None) -> None:
+        """Under the lock: the source is exhausted (or raised ``error``, which commits)."""
+        self._exhausted = True
+        if error is not None:
+            self._error = error
+            self._commit(self._current)
+
+    def _accept(self, message: Any) -> None:
+        """Under the lock: buffer a message read from the source."""
         self._buf.append(message)
         if self._owner is None:
             self._size += message_size(message, self._serializer)
