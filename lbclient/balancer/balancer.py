@@ -347,13 +347,18 @@ class Balancer(EndpointFitness):
         """Whether calls should wait (within their deadline) instead of failing at once,
         as gRPC queues picks while the channel is CONNECTING: before the first
         resolution, or while some endpoint is connecting that has not failed since it
-        was last READY. Ejected, unhealthy and failed endpoints fail calls fast."""
+        was last READY, or READY and waiting for its first health answer (gRFC A17
+        reports such a subchannel CONNECTING). Ejected, unhealthy and failed endpoints
+        fail calls fast."""
         if not self._records:
             return not self._resolved_once and not self._resolver_error
         if self._policy is None:
             return True
-        return any(r.connectivity in (Connectivity.IDLE, Connectivity.CONNECTING)
-                   and not r.failed_since_ready for r in self._records.values())
+        return any((r.connectivity in (Connectivity.IDLE, Connectivity.CONNECTING)
+                    and not r.failed_since_ready)
+                   or (r.connectivity is Connectivity.READY and r.tracker is not None
+                       and r.tracker.healthy is None)
+                   for r in self._records.values())
 
     def _no_endpoint_reason(self) -> str:
         if not self._records:
