@@ -133,7 +133,7 @@ class Invoker:
             return bal.picker.pick(info)
         except PickError as exc:
             if not wait_for_ready and not exc.queue:
-                raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+                raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, self._explain(exc)) from None
             reason = str(exc)
         bal.request_connections()
         while True:
@@ -148,8 +148,19 @@ class Invoker:
                 return bal.picker.pick(info)
             except PickError as exc:
                 if not wait_for_ready and not exc.queue:
-                    raise LocalRpcError(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+                    raise LocalRpcError(grpc.StatusCode.UNAVAILABLE,
+                                        self._explain(exc)) from None
                 reason = str(exc)
+
+    def _explain(self, error: PickError) -> str:
+        """A failed pick's reason plus grpc's last connection error of one failed
+        endpoint (e.g. a server certificate that does not verify), if there is one."""
+        for rec in self.balancer.records():
+            explain = getattr(rec.handle, "connection_error", None)
+            detail = explain() if explain is not None else None
+            if detail:
+                return f"{error}; last connection error: {detail}"
+        return str(error)
 
     def place(self, args: CallArgs, metadata: Any, deadline: float | None,
               wait_for_ready: bool, exclude: frozenset[str] = frozenset(),

@@ -44,6 +44,9 @@ def grpc_target(address: str) -> str:
     return f"ipv4:{host}:{port}" if ip.version == 4 else f"ipv6:[{host}]:{port}"
 
 
+# The method of connection_error()'s local call (never served: it fails before sending).
+_DIAGNOSE = "/lbclient.diagnostics.v1.Connection/LastError"
+
 # Options naming the server a connection presents and verifies TLS against; if the user
 # gives either, lbclient adds neither.
 AUTHORITY_OPTIONS = frozenset({"grpc.default_authority", "grpc.ssl_target_name_override"})
@@ -150,7 +153,7 @@ class Subchannel:
 
     __slots__ = ("endpoint", "address", "channel", "_callables", "_on_state", "_closed",
                  "_lock", "_deliver_lock", "_check", "_last", "_monitor", "_factory",
-                 "__weakref__")
+                 "_error", "__weakref__")
 
     def __init__(self, endpoint: Endpoint, credentials: grpc.ChannelCredentials | None,
                  options: ChannelOptions, on_state: Callable[[Connectivity], None],
@@ -170,6 +173,7 @@ class Subchannel:
         self._lock = threading.Lock()
         self._deliver_lock = threading.Lock()
         self._last: Connectivity | None = None
+        self._error: str | None = None   # connection_error(), kept until the state changes
         self._monitor = monitor
         # grpc core's channel, reached through a private attribute; without it (a future
         # grpcio), fall back to the public subscribe() with its thread per channel.
@@ -196,8 +200,28 @@ class Subchannel:
             state = _STATES[_common.CYGRPC_CONNECTIVITY_STATE_TO_CHANNEL_CONNECTIVITY[raw]]
             if state is self._last or self._closed:
                 return
-            self._last = state
+            self._last, self._error = state, None
             self._on_state(state)
+
+    def connection_error(self) -> str | None:
+        """grpc's own account of why this endpoint's connection failed (refused, TLS
+        handshake or certificate verification...), or None unless it is in
+        TRANSIENT_FAILURE. grpc tells it only to a call: one made with
+        ``wait_for_ready=False`` on a failed connection ends at once, locally, with it
+        (if the connection recovered meanwhile, the server answers UNIMPLEMENTED, which
+        is ignored). Kept until the state changes; blocks at most 0.5 s."""
+        check = self._check
+        if self._closed or check is None or self._last is not Connectivity.TRANSIENT_FAILURE:
+            return None
+        if self._error is None:
+            try:
+                self.channel.unary_unary(_DIAGNOSE)(b"", timeout=0.5, wait_for_ready=False)
+            except grpc.RpcError as exc:
+                if isinstance(exc, grpc.Call) and exc.code() is grpc.StatusCode.UNAVAILABLE:
+                    self._error = exc.details() or None
+            except ValueError:  # closed meanwhile
+                return None
+        return self._error
 
     def _deliver(self, state: grpc.ChannelConnectivity) -> None:
         if not self._closed:
