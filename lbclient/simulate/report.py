@@ -1,0 +1,175 @@
+"""What a simulation reports: per-backend figures, latency, failures, detected downtime,
+key affinity, and a comparison of the variants (stdlib only).
+
+Everything is a frozen value. :meth:`Report.to_dict` is JSON-ready and deterministic for
+a seed (wall-clock figures are left out unless ``timing=True``); :meth:`Report.format_text`
+is what ``lbclient simulate`` prints. Times are virtual seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .analysis import Affinity, Downtime, affinities, downtimes, percentile
+
+if TYPE_CHECKING:
+    from .engine import Simulation
+
+
+@dataclass(frozen=True)
+class BackendFigures:
+    name: str
+    weight: int
+    requests: int                # calls placed on it by the picker
+    share: float                 # of all placed calls
+    ok: int
+    failed: int
+    peak_concurrency: int        # calls in flight on it (queued + in service), at most
+    mean_concurrency: float      # time-weighted, from the first arrival to the end
+    queued: int                  # calls that waited for a free slot
+    mean_queue_wait: float       # over every call placed on it (0 for those not queued)
+    max_queue_wait: float
+
+
+@dataclass(frozen=True)
+class Latency:
+    p50: float | None
+    p90: float | None
+    p99: float | None
+    mean: float | None
+    max: float | None
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """One variant's results. ``imbalance``: the time average (over samples with calls
+    in flight) of ``max_i(n_i / w_i) / (sum n / sum w)`` across the backends the picker
+    may choose (``n``: calls in flight, ``w``: the backend's weight); 1.0 is perfectly
+    balanced in proportion to weight."""
+
+    label: str
+    policy: str
+    requests: int
+    ok: int
+    failed: int
+    codes: dict[str, int]
+    no_endpoint: int             # failed at pick time: no endpoint could take them
+    unfinished: int              # still waiting or in flight when the run stopped
+    latency: Latency             # of successful calls, from arrival (queueing included)
+    imbalance: float | None
+    backends: tuple[BackendFigures, ...]
+    downtime: tuple[Downtime, ...]
+    affinity: tuple[Affinity, ...]
+    events: tuple[dict[str, Any], ...]
+    sim_time: float
+    loop_events: int
+    timeline: tuple[tuple[float, tuple[int, ...]], ...] = field(repr=False)
+    wall_seconds: float = field(default=0.0, compare=False)
+
+    def to_dict(self, timing: bool = False, timeline: bool = False) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if not timing:
+            d.pop("wall_seconds")
+        if timeline:
+            d["timeline"] = [[t, list(n)] for t, n in self.timeline]
+        else:
+            d.pop("timeline")
+        return d
+
+
+@dataclass(frozen=True)
+class Report:
+    scenario: str
+    seed: int
+    backends: tuple[str, ...]
+    runs: tuple[RunReport, ...]
+    wall_seconds: float = field(default=0.0, compare=False)
+
+    def run(self, label: str) -> RunReport:
+        for r in self.runs:
+            if r.label == label:
+                return r
+        raise KeyError(f"no variant {label!r} (have: {', '.join(r.label for r in self.runs)})")
+
+    def comparison(self) -> list[dict[str, Any]]:
+        """One row per variant: the figures that tell policies apart."""
+        rows = []
+        for r in self.runs:
+            placed = [b.requests for b in r.backends]
+            waits = sum(b.mean_queue_wait * b.requests for b in r.backends)
+            row: dict[str, Any] = {
+                "policy": r.label, "ok": r.ok, "failed": r.failed,
+                "p50": r.latency.p50, "p90": r.latency.p90, "p99": r.latency.p99,
+                "imbalance": r.imbalance,
+                "peak": max((b.peak_concurrency for b in r.backends), default=0),
+                "mean_queue_wait": waits / sum(placed) if sum(placed) else 0.0,
+            }
+            if r.downtime:
+                delays = [d.detection_delay for d in r.downtime]
+                row["detection_delay"] = None if None in delays else max(
+                    d for d in delays if d is not None)
+            if r.affinity:
+                row["moved"] = r.affinity[0].moved
+                row["returned"] = r.affinity[0].returned
+            rows.append(row)
+        return rows
+
+    def to_dict(self, timing: bool = False, timeline: bool = False) -> dict[str, Any]:
+        d: dict[str, Any] = {"scenario": self.scenario, "seed": self.seed,
+                             "backends": list(self.backends),
+                             "runs": [r.to_dict(timing, timeline) for r in self.runs],
+                             "comparison": self.comparison()}
+        if timing:
+            d["wall_seconds"] = self.wall_seconds
+        return d
+
+    def format_text(self, timing: bool = True) -> str:
+        from .text import format_report
+        return format_report(self, timing)
+
+
+def _policy_chain(sim: Simulation) -> str:
+    config = sim.variant.config.lb
+    chain = [config.name]
+    inner = getattr(config.config, "child", None)
+    while inner is not None and len(chain) < 8:
+        chain.append(inner.name)
+        inner = getattr(inner.config, "child", None)
+    return " > ".join(chain)
+
+
+def build_run_report(sim: Simulation, wall: float) -> RunReport:
+    first = sim.first_arrival if sim.first_arrival is not None else 0.0
+    span = max(sim.stopped_at - first, 1e-12)
+    placed = sum(b.placed for b in sim.backends)
+    backends = []
+    for b in sim.backends:
+        # b.area covers [0, stopped_at]; before the first arrival nothing was in flight.
+        backends.append(BackendFigures(
+            name=b.name, weight=b.spec.weight, requests=b.placed,
+            share=b.placed / placed if placed else 0.0, ok=b.ok, failed=b.failed,
+            peak_concurrency=b.peak, mean_concurrency=b.area / span,
+            queued=b.queued_calls,
+            mean_queue_wait=b.queue_wait_total / b.placed if b.placed else 0.0,
+            max_queue_wait=b.queue_wait_max))
+    lat = sorted(sim.latencies)
+    ok = sim.codes.get("OK", 0)
+    return RunReport(
+        label=sim.variant.label, policy=_policy_chain(sim), requests=sim.seq, ok=ok,
+        failed=sim.finished - ok, codes=dict(sorted(sim.codes.items())),
+        no_endpoint=sim.no_endpoint, unfinished=sim.seq - sim.finished,
+        latency=Latency(percentile(lat, 0.5), percentile(lat, 0.9), percentile(lat, 0.99),
+                        sum(lat) / len(lat) if lat else None, lat[-1] if lat else None),
+        imbalance=sim.imbalance_sum / sim.imbalance_n if sim.imbalance_n else None,
+        backends=tuple(backends), downtime=tuple(downtimes(sim)),
+        affinity=tuple(affinities(sim)), events=tuple(sim.events),
+        sim_time=sim.stopped_at, loop_events=sim.loop.events,
+        timeline=tuple(sim.samples), wall_seconds=wall)
+
+
+def make_report(name: str, seed: int, backends: Sequence[str], runs: Sequence[RunReport],
+                wall: float) -> Report:
+    return Report(name, seed, tuple(backends), tuple(runs), wall)
