@@ -12,7 +12,7 @@ import pytest
 from lbclient.cli import build_parser, main
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "cli.md"
-COMMANDS = ("demo", "probe", "check-config")
+COMMANDS = ("demo", "probe", "check-config", "simulate")
 
 
 def subparsers() -> dict[str, argparse.ArgumentParser]:

@@ -4,6 +4,7 @@
     lbclient probe TARGET [--service-config JSON|@FILE] [--health-service NAME]
                           [--method /pkg.Svc/Method] [--calls N] [--timeout S] [--json]
     lbclient check-config FILE|-
+    lbclient simulate SCENARIO.json [--policy A,B] [--seed N] [--plot PNG] [--json]
 
 Exit status: 0 success; 1 the command's own failure (no healthy endpoint, invalid
 config); 2 bad usage; 130 interrupted (Ctrl-C).
@@ -15,6 +16,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ..simulate import cli as simulate
 from . import check_config, demo, probe
 
 
@@ -25,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(sub)
     probe.add_parser(sub)
     check_config.add_parser(sub)
+    simulate.add_parser(sub)
     return parser
 
 

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .scenario import Fault
+
 if TYPE_CHECKING:
     from .engine import Simulation
 
@@ -103,28 +105,38 @@ def _marks(transitions: list[tuple[float, bool, str]], start: float, end: float 
     return marked, reason, back, fits
 
 
+def _windows(faults: Sequence[Fault], kinds: Sequence[str]
+             ) -> list[tuple[str, float, float | None]]:
+    """(kinds joined by "+", start, end) per distinct window, in time order: faults with
+    the same window (e.g. errors and notServing together) are one row."""
+    windows: dict[tuple[float, float | None], list[str]] = {}
+    for f in sorted(faults, key=lambda f: (f.start, math.inf if f.end is None else f.end)):
+        if f.kind in kinds:
+            windows.setdefault((f.start, f.end), []).append(f.kind)
+    return [("+".join(k), start, end) for (start, end), k in windows.items()]
+
+
 def downtimes(sim: Simulation) -> list[Downtime]:
     out: list[Downtime] = []
     horizon = sim.stopped_at
     for b in sim.backends:
-        for fault in sorted(b.spec.faults, key=lambda f: f.start):
-            if fault.kind not in DETECTABLE or fault.start >= horizon:
+        for kind, start, end in _windows(b.spec.faults, DETECTABLE):
+            if start >= horizon:
                 continue
-            end = fault.end
-            marked, reason, readmitted, flaps = _marks(b.transitions, fault.start, end)
+            marked, reason, readmitted, flaps = _marks(b.transitions, start, end)
             stop = end if end is not None else horizon
             out.append(Downtime(
-                backend=b.name, kind=fault.kind, start=fault.start, end=end,
-                marked_at=marked, detection_delay=None if marked is None else marked - fault.start,
+                backend=b.name, kind=kind, start=start, end=end,
+                marked_at=marked, detection_delay=None if marked is None else marked - start,
                 reason=reason or "",
                 readmitted_at=readmitted,
                 readmission_delay=(readmitted - end if readmitted is not None and end is not None
                                    else None),
                 flaps=flaps,
-                failed_before_detection=_count(sim.failures, fault.start,
+                failed_before_detection=_count(sim.failures, start,
                                                marked if marked is not None else stop, b.index),
-                failed_on_backend=_count(sim.failures, fault.start, stop, b.index),
-                failed_in_window=_count(sim.failures, fault.start, stop, None)))
+                failed_on_backend=_count(sim.failures, start, stop, b.index),
+                failed_in_window=_count(sim.failures, start, stop, None)))
     return out
 
 
@@ -138,10 +150,8 @@ def affinities(sim: Simulation) -> list[Affinity]:
         return []
     out: list[Affinity] = []
     for b in sim.backends:
-        for fault in sorted(b.spec.faults, key=lambda f: f.start):
-            if fault.kind not in ("down", "errors", "notServing"):
-                continue
-            out.append(_affinity(sim, b.index, b.name, fault.start, fault.end))
+        for _, start, end in _windows(b.spec.faults, ("down", "errors", "notServing")):
+            out.append(_affinity(sim, b.index, b.name, start, end))
     return out
 
 

@@ -2,13 +2,16 @@
 
 Prints the report (per-variant tables and a comparison) or, with ``--json``, the report
 as one JSON object. Exit status: 0 success; 1 a bad scenario (``error at <JSON path>:
-<rule>`` on stderr) or a plot that could not be written; 2 bad usage.
+<rule>`` on stderr) or a plot that could not be written; 2 bad usage, an unreadable
+file or an unknown ``--policy`` name. The ``lbclient`` loggers are set to ERROR: the
+simulated ejections and health changes are in the report, not on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Any
 
@@ -35,15 +38,16 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from . import run as simulate
     policies = [p.strip() for p in args.policy.split(",") if p.strip()] if args.policy else None
+    logging.getLogger("lbclient").setLevel(logging.ERROR)   # events are in the report
     try:
         report = simulate(args.scenario, seed=args.seed, policies=policies)
     except ServiceConfigError as exc:
         where = f"error at {exc.path}: {exc.reason}" if exc.path else f"error: {exc}"
         print(where, file=sys.stderr)
-        return 1
+        return 2 if exc.path.startswith("--policy") else 1
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     if args.json:
         print(json.dumps(report.to_dict(timing=True), indent=2))
     else:
