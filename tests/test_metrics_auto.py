@@ -81,13 +81,20 @@ def test_without_the_switch_nothing_is_attached(fleet_factory: FleetFactory,
         assert channel._call_listeners == () and channel._invoker.call_listener is None
 
 
-def test_asyncio_channels_are_refused_clearly(fleet_factory: FleetFactory) -> None:
+def test_asyncio_channels_are_instrumented_too(fleet_factory: FleetFactory,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LBCLIENT_METRICS", raising=False)
     fleet = fleet_factory(1)
 
     async def run() -> None:
         async with lbclient.aio.insecure_channel(fleet.target) as channel:
-            with pytest.raises(TypeError, match="needs a channel with add_call_listener"):
-                metrics.instrument(channel)
+            assert channel._call_listener is None               # no per-call cost unset
+            m = metrics.instrument(channel)
+            assert channel._call_listener is not None
+            m.attachment.detach()
+            assert channel._call_listeners == () and channel._call_listener is None
+        with pytest.raises(TypeError, match="needs a channel with add_call_listener"):
+            metrics.attach(object(), metrics.ChannelMetrics("t", list))
 
     asyncio.run(run())
 

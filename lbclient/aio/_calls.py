@@ -4,72 +4,31 @@ When the published picker can place the call at once (the common case), the call
 grpc.aio's own call object, so awaiting, iterating, ``read()``/``write()``/
 ``done_writing()``, metadata and status behave exactly as with grpc.aio. Otherwise (no
 ready endpoint) a :class:`DeferredCall` waits for one within the deadline (with
-``wait_for_ready``) or fails with UNAVAILABLE, and then delegates to the real call.
+``wait_for_ready``, or while endpoints are still connecting) or fails with UNAVAILABLE,
+and then delegates to the real call. Methods whose method config has a retry or hedging
+policy get a retried call (``_retry.retried_call``).
+
+Deadline: the caller's timeout, or the method config's ``timeout`` when that is shorter
+or the caller gave none; fixed here, once, and shared by every attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
 
-from .._invoke import CallArgs, Completion, deadline_from, remaining
-from ..balancer.picker import PickError, PickInfo, PickResult
+from .._invoke import CallArgs, deadline_from, remaining
+from .._retry_state import Invocation
+from ..balancer.picker import PickError, PickInfo
+from ._attempt import CLOSED, aio_error, pick_and_start, start
+from ._retry import retried_call
 
 if TYPE_CHECKING:
     from ._channel import LoadBalancedChannel
-
-log = logging.getLogger("lbclient.aio")
-
-
-def _drive(coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
-    """Run a coroutine that is expected not to suspend (a finished call's status getter).
-    Returns (True, value), or (False, None) after closing it if it would suspend."""
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return True, stop.value
-    coro.close()
-    return False, None
-
-
-def finish_aio(call: Any, done: Completion) -> None:
-    """grpc.aio done-callback: read the finished call's status without a task."""
-    try:
-        ok, code = _drive(call.code())
-        if ok:
-            _, trailing = _drive(call.trailing_metadata())
-            _, initial = _drive(call.initial_metadata())
-            done.finish_with(code.name, tuple(trailing or ()), tuple(initial or ()))
-            return
-    except asyncio.CancelledError:
-        done.finish_with("CANCELLED")
-        return
-    except Exception:  # never raise into grpc's callback
-        log.debug("reading a finished call's status failed", exc_info=True)
-    if call.cancelled():
-        done.finish_with("CANCELLED")
-        return
-
-    async def later() -> None:  # rare: the status was not ready yet
-        try:
-            code = await call.code()
-            done.finish_with(code.name, tuple(await call.trailing_metadata() or ()),
-                             tuple(await call.initial_metadata() or ()))
-        except BaseException:
-            done.finish_with("CANCELLED")
-
-    asyncio.get_running_loop().create_task(later())
-
-
-def _error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details,
-                                f"lbclient: {code.name}: {details}")
 
 
 class _MultiCallable:
@@ -83,47 +42,34 @@ class _MultiCallable:
     def __call__(self, request: Any = None, *, timeout: float | None = None,
                  metadata: Any = None, credentials: Any = None,
                  wait_for_ready: bool | None = None, compression: Any = None) -> Any:
-        ch = self._ch
-        mc = ch._method_config(self._args.method)
+        ch, args = self._ch, self._args
+        mc = ch._method_config(args.method)
         deadline = deadline_from(timeout, mc.timeout if mc is not None else None)
         if wait_for_ready is None and mc is not None:
             wait_for_ready = mc.wait_for_ready
         wfr = bool(wait_for_ready)
-        info = PickInfo(self._args.method, tuple(metadata) if metadata else ())
-
-        def start(result: PickResult) -> Any:
-            sub = result.candidate.handle
-            done = Completion(result, ch._failure_codes, ch._call_listener)
-            multicallable = sub.callable(self._args.kind, self._args.method, self._args.ser,
-                                         self._args.deser, self._args.registered)
-            try:
-                kwargs: dict[str, Any] = {
-                    "timeout": remaining(deadline), "metadata": metadata,
-                    "credentials": credentials, "wait_for_ready": wfr,
-                    "compression": compression}
-                call = (multicallable(**kwargs) if request is None and
-                        self._args.kind.startswith("stream") else
-                        multicallable(request, **kwargs))
-            except BaseException:
-                done.finish_with("CANCELLED")
-                raise
-            call.add_done_callback(lambda c: finish_aio(c, done))
-            return call
-
         if ch._closed:
-            return DeferredCall(_fail(grpc.StatusCode.CANCELLED, "lbclient channel is closed"),
-                                request)
+            return DeferredCall(_fail(grpc.StatusCode.CANCELLED, CLOSED), request)
+        if mc is not None and (mc.retry_policy is not None or mc.hedging_policy is not None):
+            call = retried_call(ch, Invocation(args, request, deadline, metadata, wfr,
+                                               credentials, compression), mc)
+            if call is not None:
+                return call
+        info = PickInfo(args.method, tuple(metadata) if metadata else ())
         try:
-            return start(ch._balancer.picker.pick(info))
+            result = ch._balancer.picker.pick(info)
         except PickError as exc:
             if not wfr and not exc.queue:
                 return DeferredCall(_fail(grpc.StatusCode.UNAVAILABLE, str(exc)), request)
-            return DeferredCall(ch._wait_and_start(info, deadline, start, str(exc), wfr),
+            return DeferredCall(pick_and_start(ch, args, info, deadline, request, metadata,
+                                               credentials, wfr, compression, str(exc)),
                                 request)
+        return start(ch, args, result, request, remaining(deadline), metadata, credentials,
+                     wfr, compression)
 
 
 async def _fail(code: grpc.StatusCode, details: str) -> Any:
-    raise _error(code, details)
+    raise aio_error(code, details)
 
 
 class DeferredCall:
@@ -133,7 +79,6 @@ class DeferredCall:
     def __init__(self, starter: Coroutine[Any, Any, Any], request: Any) -> None:
         self._task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(starter)
         self._callbacks: list[Callable[[Any], None]] = []
-        self._t0 = time.monotonic()
         self._task.add_done_callback(self._started)
 
     def _started(self, task: asyncio.Task[Any]) -> None:

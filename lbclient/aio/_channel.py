@@ -1,10 +1,12 @@
 """The asyncio ``LoadBalancedChannel``: a ``grpc.aio.Channel`` over the shared balancer.
 
-It reuses the sync channel's resolver, balancer, policies and config code; only the
-edges differ: endpoint connections are grpc.aio channels watched by tasks, timers run on
-the loop (:class:`LoopScheduler`), and resolver results (which may arrive on resolver
+It reuses the sync channel's resolver, balancer, policies, config, retry decisions and
+visibility code (:class:`~lbclient._channel_common.ChannelCommon`); only the edges
+differ: endpoint connections are grpc.aio channels watched by tasks, timers run on the
+loop (:class:`LoopScheduler`), and resolver results (which may arrive on resolver
 threads) are handed to the loop with ``call_soon_threadsafe``, so every balancer event is
-applied on the loop, one at a time, and nothing blocks it.
+applied on the loop, one at a time, and nothing blocks it. Listeners (events, calls,
+resolver) are called on the loop.
 """
 
 from __future__ import annotations
@@ -18,28 +20,26 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from .._invoke import SERVER_FAILURE_CODES
+from .._channel_common import ChannelCommon, ServiceConfigInput
+from .._invoke import SERVER_FAILURE_CODES, remaining
 from .._subchannel import TO_GRPC, with_authority
-from ..balancer.balancer import Balancer, EndpointInfo
+from .._throttle import RetryThrottle
+from ..balancer.balancer import Balancer
 from ..balancer.picker import CallOutcome, PickError, PickInfo, PickResult
 from ..config import ServiceConfig, parse_service_config
 from ..connectivity import Connectivity
-from ..errors import ServiceConfigError
-from ..health.options import FIELD as LBCLIENT_FIELD
-from ..health.options import parse_balancing_options
-from ..method_config import MethodConfig, MethodConfigTable
-from ..resolver.base import ResolverState, create_resolver, parse_target, validate_target
-from ._calls import StreamStream, StreamUnary, UnaryStream, UnaryUnary, _error
+from ..metrics._auto import channel_created as metrics_channel_created
+from ..resolver.base import ResolverState, create_resolver
+from ._attempt import CLOSED, aio_error
+from ._calls import StreamStream, StreamUnary, UnaryStream, UnaryUnary
 from ._health import AioHealthCheckerFactory
 from ._scheduler import LoopScheduler
 from ._subchannel import AioSubchannelFactory
 
 log = logging.getLogger("lbclient.aio")
 
-ServiceConfigInput = str | bytes | Mapping[str, Any] | None
 
-
-class LoadBalancedChannel(grpc.aio.Channel):
+class LoadBalancedChannel(ChannelCommon, grpc.aio.Channel):
     """Create with :func:`lbclient.aio.insecure_channel` / :func:`secure_channel`, inside
     a running event loop. ``interceptors`` (grpc.aio client interceptors) run on every
     attempt, on the endpoint's own connection."""
@@ -51,11 +51,7 @@ class LoadBalancedChannel(grpc.aio.Channel):
                  resolver_options: Mapping[str, Any] | None = None,
                  rng: random.Random | None = None) -> None:
         self._loop = asyncio.get_running_loop()
-        self._target = parse_target(target)
-        validate_target(self._target)
-        self._user_config = (parse_service_config(service_config)
-                             if service_config is not None else None)
-        self._closed = False
+        self._init_common(target, service_config, log)
         self._scheduler = LoopScheduler(self._loop)
         opts = list(options or [])
         if "grpc.use_local_subchannel_pool" not in {k for k, _ in opts}:
@@ -69,72 +65,45 @@ class LoadBalancedChannel(grpc.aio.Channel):
                                   health_factory=AioHealthCheckerFactory())
         self._failure_codes = SERVER_FAILURE_CODES
         self._call_listener: Callable[[str, CallOutcome], None] | None = None
-        self._methods = MethodConfigTable(())
-        self._config: ServiceConfig | None = None
+        self._throttle: RetryThrottle | None = None
+        self._retry_rng = random.Random()
+        self._closing: asyncio.Future[None] = self._loop.create_future()
         self._changed = asyncio.Event()
         self._balancer.add_listener(self._on_balancer_change)
         self._apply_config(self._user_config or parse_service_config(None))
+        metrics_channel_created(self)   # LBCLIENT_METRICS auto-instrumentation (no-op unset)
         self._resolver = create_resolver(self._target, self, resolver_options)
         self._resolver.start()
 
-    # ------------------------------------------------------------ configuration
-    def _apply_config(self, config: ServiceConfig) -> None:
-        if self._config is not None and config.raw == self._config.raw:
-            return
-        options = parse_balancing_options(config.raw.get(LBCLIENT_FIELD))  # may raise
-        self._config = config
-        self._methods = MethodConfigTable(config.method_configs)
-        self._balancer.set_options(options)
-        self._balancer.set_health_check(config.health_check)
-        self._balancer.set_policy(config.lb.spec, config.lb.config)
+    # ------------------------------------------------------------ ChannelCommon hooks
+    def _config_applied(self, config: ServiceConfig) -> None:
+        throttling = config.retry_throttling
+        self._throttle = (RetryThrottle.from_config(throttling, self._throttle)
+                          if throttling is not None else None)
         self._failure_codes = self._balancer.failure_codes
 
-    def _method_config(self, method: str) -> MethodConfig | None:
-        return self._methods.lookup(method) if self._methods else None
-
-    @property
-    def service_config(self) -> ServiceConfig | None:
-        return self._config
+    def _set_call_listener(self, fn: Callable[[str, CallOutcome], None] | None) -> None:
+        self._call_listener = fn
 
     # ------------------------------------------------------------ resolver listener
     # Called from any thread: everything is handed to the loop.
     def on_resolved(self, state: ResolverState) -> None:
-        self._post(self._resolved, state)
+        self._post(ChannelCommon.on_resolved, state)
 
     def on_resolver_error(self, error: Exception) -> None:
-        self._post(self._resolver_failed, error)
+        self._post(ChannelCommon.on_resolver_error, error)
 
     def _post(self, fn: Callable[..., None], arg: Any) -> None:
         if self._closed or self._loop.is_closed():
             return
-        self._loop.call_soon_threadsafe(fn, arg)
+        try:
+            self._loop.call_soon_threadsafe(fn, self, arg)
+        except RuntimeError:   # the loop closed meanwhile
+            pass
 
-    def _resolved(self, state: ResolverState) -> None:
-        if self._closed:
-            return
-        if self._user_config is None and state.service_config is not None:
-            try:
-                self._apply_config(parse_service_config(state.service_config))
-            except ServiceConfigError as exc:
-                log.warning("ignoring the resolver's service config: %s", exc)
-        if not state.endpoints and not state.authoritative:
-            self._resolver_failed(ValueError("resolver returned no endpoints"))
-            return
-        self._balancer.update_endpoints(state.endpoints)
-
-    def _resolver_failed(self, error: Exception) -> None:
-        if self._closed:
-            return
-        log.warning("resolver error for %s: %s", self._target.raw, error)
-        self._balancer.resolver_error(str(error))
-
-    def _on_endpoint_failure(self, address: str) -> None:
-        resolver = getattr(self, "_resolver", None)
-        if resolver is not None and not self._closed:
-            resolver.resolve_now()
-
+    # ------------------------------------------------------------ waiting (on the loop)
     def _on_balancer_change(self) -> None:
-        # Wake every waiter (wait_for_ready picks, channel_ready, state changes).
+        # Wake every waiter (queued picks, channel_ready, state changes).
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -145,26 +114,32 @@ class LoadBalancedChannel(grpc.aio.Channel):
         except TimeoutError:
             pass
 
-    async def _wait_and_start(self, info: PickInfo, deadline: float | None,
-                              start: Callable[[PickResult], Any], reason: str,
-                              wait_for_ready: bool = True) -> Any:
-        from .._invoke import remaining
-
+    async def _wait_for_pick(self, info: PickInfo, deadline: float | None, reason: str,
+                             wait_for_ready: bool = True) -> PickResult:
+        """Wait (within ``deadline``) for a picker that can place the call; the first
+        pick failed with ``reason``. Raises the call's ``AioRpcError`` otherwise."""
         self._balancer.request_connections()
         while True:
             if self._closed:
-                raise _error(grpc.StatusCode.CANCELLED, "lbclient channel is closed")
+                raise aio_error(grpc.StatusCode.CANCELLED, CLOSED)
             left = remaining(deadline)
             if left is not None and left <= 0:
-                raise _error(grpc.StatusCode.DEADLINE_EXCEEDED,
-                             f"deadline exceeded while waiting for an endpoint ({reason})")
-            await self._wait_change(None if left is None else left)
+                raise aio_error(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"deadline exceeded while waiting for an endpoint ({reason})")
+            await self._wait_change(left)
+            if self._closed:
+                raise aio_error(grpc.StatusCode.CANCELLED, CLOSED)
             try:
-                return start(self._balancer.picker.pick(info))
+                return self._balancer.picker.pick(info)
             except PickError as exc:
                 if not wait_for_ready and not exc.queue:
-                    raise _error(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+                    raise aio_error(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
                 reason = str(exc)
+
+    async def _backoff_sleep(self, delay: float) -> None:
+        """A retry backoff: ``delay`` seconds, cut short when the channel closes."""
+        if delay > 0 and not self._closing.done():
+            await asyncio.wait([self._closing], timeout=delay)
 
     # ------------------------------------------------------------ grpc.aio.Channel
     def unary_unary(self, method: str, request_serializer: Any = None,
@@ -209,13 +184,16 @@ class LoadBalancedChannel(grpc.aio.Channel):
 
     async def close(self, grace: float | None = None) -> None:
         """Close every endpoint connection (with ``grace`` seconds for in-flight calls,
-        as grpc.aio), the resolver and the timers. Idempotent."""
+        as grpc.aio), the resolver and the timers; retries waiting for their backoff
+        stop at once. Idempotent."""
         if not self._closed:
             self._closed = True
             self._factory.grace = grace
             self._resolver.close()
             self._balancer.close()
             self._scheduler.close()
+            if not self._closing.done():
+                self._closing.set_result(None)
             self._on_balancer_change()
         await self._factory.wait_closed()
 
@@ -224,14 +202,6 @@ class LoadBalancedChannel(grpc.aio.Channel):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    # ------------------------------------------------------------ visibility
-    def endpoints(self) -> list[EndpointInfo]:
-        return self._balancer.snapshot()
-
-    @property
-    def target(self) -> str:
-        return self._target.raw
 
 
 def insecure_channel(target: str, service_config: ServiceConfigInput = None,

@@ -34,7 +34,8 @@ class Attachment:
     def __init__(self, channel: Any, sink: MetricsSink) -> None:
         if not hasattr(channel, "add_call_listener"):
             raise TypeError(f"lbclient.metrics needs a channel with add_call_listener "
-                            f"(lbclient.insecure_channel / secure_channel), got "
+                            f"(lbclient.insecure_channel / secure_channel, or their "
+                            f"lbclient.aio twins), got "
                             f"{type(channel).__module__}.{type(channel).__name__}")
         self._channel = weakref.ref(channel)
         self.sink = sink

@@ -15,16 +15,24 @@ class Fleet:
     are stopped and the error propagates). ``backend_kwargs`` go to every ``Backend``; an
     integer ``seed`` becomes ``seed + i`` for the i-th backend so their fault draws differ.
     Order is creation order. ``stop()`` is idempotent; stopped backends keep their ports.
+    ``aio=True`` serves every backend with a grpc.aio server instead
+    (:class:`~lbclient.testing._aio_backend.AioBackend`: same controls and replies).
     """
 
     def __init__(
-        self, n: int = 3, *, names: Sequence[str] | None = None, **backend_kwargs: Any
+        self, n: int = 3, *, names: Sequence[str] | None = None, aio: bool = False,
+        **backend_kwargs: Any
     ) -> None:
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         if names is not None and len(names) != n:
             raise ValueError(f"got {len(names)} names for {n} backends")
         self._kwargs = backend_kwargs
+        self._backend_class = Backend
+        if aio:
+            from lbclient.testing._aio_backend import AioBackend
+
+            self._backend_class = AioBackend
         self._backends: list[Backend] = []
         try:
             for i in range(n):
@@ -39,7 +47,7 @@ class Fleet:
         seed = kwargs.get("seed")
         if isinstance(seed, int) and "seed" not in backend_kwargs:
             kwargs["seed"] = seed + len(self._backends)
-        backend = Backend(name, **kwargs)
+        backend = self._backend_class(name, **kwargs)
         backend.start()
         self._backends.append(backend)
         return backend
