@@ -95,7 +95,8 @@ class Report:
         raise KeyError(f"no variant {label!r} (have: {', '.join(r.label for r in self.runs)})")
 
     def comparison(self) -> list[dict[str, Any]]:
-        """One row per variant: the figures that tell policies apart."""
+        """One row per variant: the figures that tell policies apart (downtime and
+        affinity figures: of the first fault window, when there is one)."""
         rows = []
         for r in self.runs:
             placed = [b.requests for b in r.backends]
@@ -107,13 +108,17 @@ class Report:
                 "peak": max((b.peak_concurrency for b in r.backends), default=0),
                 "mean_queue_wait": waits / sum(placed) if sum(placed) else 0.0,
             }
-            if r.downtime:
-                delays = [d.detection_delay for d in r.downtime]
-                row["detection_delay"] = None if None in delays else max(
-                    d for d in delays if d is not None)
+            if r.downtime:              # the first fault window
+                d = r.downtime[0]
+                row["detection_delay"] = d.detection_delay
+                row["readmission_delay"] = d.readmission_delay
+                row["failed_in_window"] = d.failed_in_window
             if r.affinity:
-                row["moved"] = r.affinity[0].moved
-                row["returned"] = r.affinity[0].returned
+                a = r.affinity[0]
+                row["moved"] = a.moved
+                row["returned"] = a.returned
+                row["return_p50"] = a.return_p50
+                row["return_p90"] = a.return_p90
             rows.append(row)
         return rows
 

@@ -78,9 +78,12 @@ def format_run(r: RunReport, timing: bool) -> str:
 def comparison_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     headers = ["policy", "ok", "failed", "p50", "p90", "p99", "imbalance", "peak",
                "mean wait"]
-    extra = [k for k in ("detection_delay", "moved", "returned") if any(k in r for r in rows)]
-    headers += [{"detection_delay": "detected after", "moved": "keys moved",
-                 "returned": "keys returned"}[k] for k in extra]
+    names = {"failed_in_window": "failed in fault", "detection_delay": "detected after",
+             "readmission_delay": "readmitted after end", "moved": "keys moved",
+             "returned": "keys returned", "return_p50": "return p50",
+             "return_p90": "return p90"}
+    extra = [k for k in names if any(k in r for r in rows)]
+    headers += [names[k] for k in extra]
     out = []
     for r in rows:
         cells = [r["policy"], str(r["ok"]), str(r["failed"]), secs(r["p50"]), secs(r["p90"]),
@@ -88,7 +91,8 @@ def comparison_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[st
                  secs(r["mean_queue_wait"])]
         for k in extra:
             v = r.get(k)
-            cells.append(secs(v) if k == "detection_delay" else pct(v))
+            cells.append(pct(v) if k in ("moved", "returned") else
+                         str(v) if k == "failed_in_window" else secs(v))
         out.append(cells)
     return headers, out
 
