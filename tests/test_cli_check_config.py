@@ -146,7 +146,7 @@ def _settings(tmp_path: pathlib.Path, config: Any, capsys: pytest.CaptureFixture
 
 
 @pytest.mark.parametrize(("policy", "field", "default"), [
-    ("ring_hash", "min_ring_size", 1024),
+    ("ring_hash", "min_ring_size", 4096),
     ("ring_hash", "max_ring_size", 4096),
     ("maglev", "table_size", 65537),
     ("least_request", "choice_count", 2),
