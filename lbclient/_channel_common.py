@@ -29,8 +29,6 @@ from .balancer.picker import CallOutcome
 from .config import ServiceConfig, parse_service_config
 from .errors import ServiceConfigError
 from .health.events import EndpointEvent
-from .health.options import FIELD as LBCLIENT_FIELD
-from .health.options import parse_balancing_options
 from .method_config import MethodConfig, MethodConfigTable
 from .resolver.base import ResolverState, Target, parse_target, validate_target
 
@@ -76,7 +74,7 @@ class ChannelCommon:
     def _apply_config(self, config: ServiceConfig) -> None:
         if self._config is not None and config.raw == self._config.raw:
             return
-        options = parse_balancing_options(config.raw.get(LBCLIENT_FIELD))  # may raise
+        options = config.options
         self._config = config
         self._methods = MethodConfigTable(config.method_configs)
         self._balancer.set_options(options)

@@ -24,6 +24,8 @@ from ._validate import (
 )
 from .balancer.policy import LbChoice, get_policy, parse_lb_config_list
 from .errors import ServiceConfigError
+from .health.options import DEFAULT_OPTIONS, BalancingOptions, parse_balancing_options
+from .health.options import FIELD as OPTIONS_FIELD
 from .method_config import MethodConfig, RetryThrottling, parse_method_config
 
 DEFAULT_POLICY = "round_robin"
@@ -49,6 +51,8 @@ class ServiceConfig:
     health_check: HealthCheckConfig | None = None
     retry_throttling: RetryThrottling | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    # the top-level "lbclient" block (panic threshold, slow start): lbclient.health.options
+    options: BalancingOptions = DEFAULT_OPTIONS
 
 
 def parse_service_config(value: str | bytes | Mapping[str, Any] | None) -> ServiceConfig:
@@ -72,7 +76,8 @@ def parse_service_config(value: str | bytes | Mapping[str, Any] | None) -> Servi
     health = parse_health_check(hc, "healthCheckConfig") if hc is not None else None
     rt = obj.get("retryThrottling")
     throttling = RetryThrottling.parse(rt, "retryThrottling") if rt is not None else None
-    return ServiceConfig(lb, methods, health, throttling, dict(obj))
+    options = parse_balancing_options(obj.get(OPTIONS_FIELD))
+    return ServiceConfig(lb, methods, health, throttling, dict(obj), options)
 
 
 def _parse_lb(obj: Mapping[str, Any]) -> LbChoice:

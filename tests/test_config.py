@@ -123,6 +123,8 @@ BAD = [
     ({"healthCheckConfig": {"mode": "push"}}, "healthCheckConfig.mode", '"watch" or "poll"'),
     ({"healthCheckConfig": {"unhealthyThreshold": 0}},
      "healthCheckConfig.unhealthyThreshold", "at least 1"),
+    ({"lbclient": {"panicThreshold": 300}}, "lbclient.panicThreshold", "at most 100"),
+    ({"lbclient": []}, "lbclient", "must be a JSON object"),
 ]
 
 
