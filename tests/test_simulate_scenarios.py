@@ -140,8 +140,9 @@ def test_consistent_hashing_moves_one_nth_and_modulo_most(
     sticky = r.run("sticky (returnWindow 30s)")
     readmitted = ring.downtime[0].readmission_delay
     assert readmitted is not None and readmitted > 0
-    # ring_hash: every key is back within about one request interval after readmission
-    assert ring.affinity[0].return_p90 < readmitted + 6
+    # ring_hash: every key is back at its first request after readmission (a key sends
+    # every 2.5 s on average: 90% of the gaps are under 6 s)
+    assert ring.affinity[0].return_p90 < readmitted + 10
     # sticky: spread over the 30 s window (the median near the middle)
     assert sticky.affinity[0].return_p50 > ring.affinity[0].return_p50 + 5
     assert sticky.affinity[0].return_p90 > readmitted + 20
@@ -149,7 +150,7 @@ def test_consistent_hashing_moves_one_nth_and_modulo_most(
 
 # ---------------------------------------------------------------------------- determinism
 def test_same_seed_same_report() -> None:
-    path = EXAMPLES / "02_server_failure.json"
+    path = EXAMPLES / "02b_server_crash.json"
     a = simulate.run(path, seed=11)
     b = simulate.run(json.loads(path.read_text()), seed=11)
     assert a.to_dict() == b.to_dict()
@@ -182,11 +183,16 @@ def test_cli_prints_tables_and_comparison(capsys: pytest.CaptureFixture[str]) ->
     assert "== comparison" in out and "big:80" in out
 
 
-def test_cli_json_matches_the_api(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_json_matches_the_api(tmp_path: pathlib.Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
     path = EXAMPLES / "03_hash_affinity.json"
-    assert main(["simulate", str(path), "--policy", "ring_hash,modulo", "--json"]) == 0
+    scenario = json.loads(path.read_text())
+    scenario["requests"]["until"] = 40
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps(scenario))
+    assert main(["simulate", str(small), "--policy", "ring_hash,modulo", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    api = simulate.run(path, policies=["ring_hash", "modulo"]).to_dict()
+    api = simulate.run(small, policies=["ring_hash", "modulo"]).to_dict()
     data.pop("wall_seconds")
     for run in data["runs"]:
         run.pop("wall_seconds")

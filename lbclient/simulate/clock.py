@@ -75,8 +75,8 @@ class EventLoop:
         return self._stopped
 
     def run(self, until: float) -> None:
-        """Run events in order until :meth:`stop`, no event is left, or the next one is
-        due after ``until`` (then the clock stops at ``until``)."""
+        """Run events in order until :meth:`stop` (the clock stays at that event's time)
+        or no event is left before ``until`` (the clock then moves to ``until``)."""
         heap = self._heap
         pop = heapq.heappop
         noarg = _NO_ARG
@@ -85,7 +85,6 @@ class EventLoop:
             while heap and not self._stopped:
                 when = heap[0][0]
                 if when > until:
-                    self.now = until
                     break
                 timer = pop(heap)[2]
                 if timer.cancelled:
@@ -96,6 +95,8 @@ class EventLoop:
                     timer.fn()
                 else:
                     timer.fn(timer.arg)
+            if not self._stopped:
+                self.now = max(self.now, until)
         finally:
             self.events += count
 
