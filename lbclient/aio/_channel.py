@@ -73,7 +73,10 @@ class LoadBalancedChannel(ChannelCommon, grpc.aio.Channel):
         self._apply_config(self._user_config or parse_service_config(None))
         metrics_channel_created(self)   # LBCLIENT_METRICS auto-instrumentation (no-op unset)
         self._resolver = create_resolver(self._target, self, resolver_options)
-        self._resolver.start()
+        # A resolver's start() and close() may block (a host name lookup, joining its
+        # thread): run them off the loop; results come back through on_resolved.
+        self._resolver_started = self._loop.run_in_executor(None, self._resolver.start)
+        self._resolver_started.add_done_callback(self._resolver_start_done)
 
     # ------------------------------------------------------------ ChannelCommon hooks
     def _config_applied(self, config: ServiceConfig) -> None:
@@ -186,16 +189,28 @@ class LoadBalancedChannel(ChannelCommon, grpc.aio.Channel):
         """Close every endpoint connection (with ``grace`` seconds for in-flight calls,
         as grpc.aio), the resolver and the timers; retries waiting for their backoff
         stop at once. Idempotent."""
+        resolver_closed = None
         if not self._closed:
             self._closed = True
             self._factory.grace = grace
-            self._resolver.close()
+            resolver_closed = self._loop.create_task(self._close_resolver())
             self._balancer.close()
             self._scheduler.close()
             if not self._closing.done():
                 self._closing.set_result(None)
             self._on_balancer_change()
         await self._factory.wait_closed()
+        if resolver_closed is not None:
+            await resolver_closed
+
+    async def _close_resolver(self) -> None:
+        """Close the resolver (off the loop) once its start() has returned."""
+        await asyncio.wait([self._resolver_started])
+        await self._loop.run_in_executor(None, self._resolver.close)
+
+    def _resolver_start_done(self, started: asyncio.Future[None]) -> None:
+        if not started.cancelled() and started.exception() is not None:
+            self.on_resolver_error(started.exception())  # type: ignore[arg-type]
 
     async def __aenter__(self) -> LoadBalancedChannel:
         return self
