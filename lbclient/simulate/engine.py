@@ -19,8 +19,11 @@ variant of a scenario sees exactly the same requests.
 
 from __future__ import annotations
 
+import logging
 import random
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..balancer.balancer import Balancer
@@ -33,6 +36,35 @@ from .scenario import Scenario, StreamSpec, Variant
 
 PENDING = 0
 EXTRA_TIME = 3600.0   # without "until": stop this long after the last arrival at most
+# The SDK loggers a simulated balancer writes to; its events are in the report instead.
+SDK_LOGGERS = ("lbclient.balancer", "lbclient.health", "lbclient.events")
+
+
+class _ThisThread(logging.Filter):
+    """Drops the records logged by one thread (the simulating one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ident = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread != self.ident
+
+
+@contextmanager
+def quiet_sdk_logs() -> Iterator[None]:
+    """While a simulation runs, the SDK's balancer/health/event loggers drop what this
+    thread logs (simulated ejections are not the process's own), and only that: real
+    channels on other threads still log."""
+    filt = _ThisThread()
+    loggers = [logging.getLogger(name) for name in SDK_LOGGERS]
+    for lg in loggers:
+        lg.addFilter(filt)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(filt)
 
 
 class SimCall:
@@ -107,6 +139,11 @@ class Simulation:
 
     # ------------------------------------------------------------------ setup and run
     def run(self) -> None:
+        """Run to the end (or ``until``); then close the balancer."""
+        with quiet_sdk_logs():
+            self._run()
+
+    def _run(self) -> None:
         sc, bal, loop = self.scenario, self.balancer, self.loop
         config = self.variant.config
         bal.add_listener(self._on_change)
