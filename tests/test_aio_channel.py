@@ -1,11 +1,17 @@
-"""lbclient.aio against real grpc.aio servers: transparency, balancing, failures."""
+"""lbclient.aio behaves like a plain grpc.aio channel (the foundation's transparency
+tests, async): every RPC kind, metadata, status, deadlines, cancellation, interceptors,
+1,000 concurrent calls. Each test runs against sync grpc servers and grpc.aio servers
+(``Fleet(aio=True)``), and the call tests also with grpc.aio interceptors on the channel.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -17,134 +23,294 @@ from lbclient.testing import Fleet, echo_pb2, echo_pb2_grpc
 REQ = echo_pb2.EchoRequest(message="x")
 
 
-@pytest.fixture(scope="module")
-def fleet3() -> Iterator[Fleet]:
-    with Fleet(3) as fleet:
-        yield fleet
+def _req(msg: str = "hi", **kw: Any) -> echo_pb2.EchoRequest:
+    return echo_pb2.EchoRequest(message=msg, **kw)
 
 
-def run(coro_fn, *args):  # type: ignore[no-untyped-def]
-    """Run a test coroutine in a fresh loop in debug mode (slow callbacks are logged)."""
-    async def main():  # type: ignore[no-untyped-def]
-        loop = asyncio.get_running_loop()
-        loop.slow_callback_duration = 0.25
+def run(coro_fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Any:
+    """Run a test coroutine in a fresh loop (bounded). Blocking on the loop is
+    test_aio_loop's subject (debug mode makes every call far slower)."""
+    async def main() -> Any:
         return await asyncio.wait_for(coro_fn(*args), 60)
-    return asyncio.run(main(), debug=True)
+    return asyncio.run(main())
 
 
-async def _ready(ch: lbclient.aio.LoadBalancedChannel, n: int) -> None:
-    for _ in range(1000):
+async def ready(ch: lbclient.aio.LoadBalancedChannel, n: int) -> None:
+    for _ in range(2000):
         if sum(e.connectivity == "READY" for e in ch.endpoints()) >= n:
             return
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.005)
     raise AssertionError(f"{n} endpoints not READY")
 
 
-class _Interceptor(grpc.aio.UnaryUnaryClientInterceptor):
+async def idle(ch: lbclient.aio.LoadBalancedChannel) -> None:
+    """Wait (bounded) until nothing is in flight, then assert it."""
+    for _ in range(500):
+        if all(e.in_flight == 0 for e in ch.endpoints()):
+            return
+        await asyncio.sleep(0.01)
+    assert all(e.in_flight == 0 for e in ch.endpoints()), ch.endpoints()
+
+
+class Counting:
+    """grpc.aio interceptors for the four kinds (grpc.aio files an interceptor under its
+    first matching kind only, so one object each) that add ``x-echo-intercepted: yes``
+    to every call and count the calls."""
+
     def __init__(self) -> None:
         self.calls = 0
+        self.interceptors = [cls(self) for cls in (_UU, _US, _SU, _SS)]
 
-    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+    def details(self, details: Any) -> Any:
         self.calls += 1
-        md = grpc.aio.Metadata(*(details.metadata or ()), ("x-echo-aio", "1"))
-        return await continuation(details._replace(metadata=md), request)
+        md = grpc.aio.Metadata(*(details.metadata or ()), ("x-echo-intercepted", "yes"))
+        return details._replace(metadata=md)
 
 
-def test_all_rpc_kinds_and_metadata(fleet3: Fleet) -> None:
-    async def body() -> None:
-        async with lbclient.aio.insecure_channel(fleet3.target) as ch:
-            stub = echo_pb2_grpc.EchoStub(ch)
-            await ch.channel_ready()
-            await _ready(ch, 3)
-            seen = {(await stub.Unary(REQ, timeout=5)).address for _ in range(6)}
-            assert seen == set(fleet3.addresses)
-            call = stub.Unary(REQ, timeout=5, metadata=(("x-echo-k", "v"),))
-            reply = await call
-            assert (await call.code()) is grpc.StatusCode.OK
-            assert dict(await call.trailing_metadata())["x-echo-k"] == "v"
-            assert dict(await call.initial_metadata())["x-backend"] == reply.backend
-            items = [r.index async for r in stub.ServerStream(
-                echo_pb2.EchoRequest(count=4), timeout=5)]
-            assert items == [0, 1, 2, 3]
-            stream = stub.ServerStream(echo_pb2.EchoRequest(count=2), timeout=5)
-            assert (await stream.read()).index == 0
-            assert (await stream.read()).index == 1
-            assert await stream.read() is grpc.aio.EOF
-            reply = await stub.ClientStream(iter([echo_pb2.EchoRequest(message=m)
-                                                  for m in "abc"]), timeout=5)
-            assert reply.message == "a,b,c"
-            cs = stub.ClientStream(timeout=5)
-            await cs.write(echo_pb2.EchoRequest(message="p"))
-            await cs.write(echo_pb2.EchoRequest(message="q"))
-            await cs.done_writing()
-            assert (await cs).message == "p,q"
-            bidi = stub.Bidi(timeout=5)
-            for i in range(3):
-                await bidi.write(echo_pb2.EchoRequest(message=str(i)))
-                assert (await bidi.read()).message == str(i)
-            await bidi.done_writing()
-            assert await bidi.read() is grpc.aio.EOF
-            await asyncio.sleep(0.05)
-            assert all(e.in_flight == 0 for e in ch.endpoints())
-    run(body)
+class _Kind:
+    def __init__(self, counter: Counting) -> None:
+        self.counter = counter
 
 
-def test_status_deadline_cancel(fleet3: Fleet) -> None:
-    async def body() -> None:
-        async with lbclient.aio.insecure_channel(fleet3.target) as ch:
-            stub = echo_pb2_grpc.EchoStub(ch)
-            await _ready(ch, 3)
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await stub.Unary(echo_pb2.EchoRequest(fail_code=5, fail_details="nope"))
-            assert info.value.code() is grpc.StatusCode.NOT_FOUND
-            assert info.value.details() == "nope"
-            t0 = time.monotonic()
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await stub.Unary(echo_pb2.EchoRequest(sleep_ms=3000), timeout=0.2)
-            assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-            assert time.monotonic() - t0 < 1.5
-            call = stub.Unary(echo_pb2.EchoRequest(sleep_ms=3000), timeout=10)
-            await asyncio.sleep(0.1)
-            assert call.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await call
-            for _ in range(200):
-                if all(e.in_flight == 0 for e in ch.endpoints()):
-                    break
-                await asyncio.sleep(0.01)
-            assert all(e.in_flight == 0 for e in ch.endpoints())
-    run(body)
+class _UU(_Kind, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self.counter.details(details), request)
 
 
-def test_interceptors_run_on_every_call(fleet3: Fleet) -> None:
-    async def body() -> None:
-        icpt = _Interceptor()
-        async with lbclient.aio.insecure_channel(fleet3.target, interceptors=[icpt]) as ch:
-            stub = echo_pb2_grpc.EchoStub(ch)
-            await _ready(ch, 3)
-            call = stub.Unary(REQ, timeout=5)
+class _US(_Kind, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self.counter.details(details), request)
+
+
+class _SU(_Kind, grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation, details, it):  # type: ignore[no-untyped-def]
+        return await continuation(self.counter.details(details), it)
+
+
+class _SS(_Kind, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation, details, it):  # type: ignore[no-untyped-def]
+        return await continuation(self.counter.details(details), it)
+
+
+@pytest.fixture(scope="module", params=["sync_servers", "aio_servers"])
+def fleet3(request: pytest.FixtureRequest) -> Iterator[Fleet]:
+    with Fleet(3, aio=request.param == "aio_servers") as fleet:
+        yield fleet
+
+
+@pytest.fixture(params=["plain", "intercepted"])
+def interceptor(request: pytest.FixtureRequest) -> Counting | None:
+    return Counting() if request.param == "intercepted" else None
+
+
+Body = Callable[[Any, lbclient.aio.LoadBalancedChannel, Fleet, "Counting | None"],
+                Coroutine[Any, Any, None]]
+
+
+def on_channel(fleet: Fleet, interceptor: Counting | None, body: Body) -> None:
+    async def main() -> None:
+        kwargs = {"interceptors": interceptor.interceptors} if interceptor is not None else {}
+        async with lbclient.aio.insecure_channel(fleet.target, **kwargs) as ch:
+            await ready(ch, len(fleet))
+            await body(echo_pb2_grpc.EchoStub(ch), ch, fleet, interceptor)
+            await idle(ch)
+    run(main)
+
+
+# ------------------------------------------------------------------ every RPC kind
+def test_unary_reaches_every_backend_with_metadata_both_ways(fleet3: Fleet,
+                                                             interceptor: Counting | None) -> None:
+    async def body(stub: Any, ch: Any, fleet: Fleet, icpt: Counting | None) -> None:
+        seen = {(await stub.Unary(_req(), timeout=5)).address for _ in range(6)}
+        assert seen == set(fleet.addresses)
+        call = stub.Unary(_req("m"), timeout=5, metadata=(("x-echo-token", "abc"),))
+        reply = await call
+        assert reply.message == "m" and (await call.code()) is grpc.StatusCode.OK
+        assert dict(await call.initial_metadata())["x-backend"] == reply.backend
+        trailing = dict(await call.trailing_metadata())
+        assert trailing["x-echo-token"] == "abc" and "grpc-previous-rpc-attempts" not in trailing
+        assert call.done() and not call.cancelled()
+        if icpt is not None:
+            assert trailing["x-echo-intercepted"] == "yes" and icpt.calls == 7
+    on_channel(fleet3, interceptor, body)
+
+
+def test_concurrent_unary_calls(fleet3: Fleet, interceptor: Counting | None) -> None:
+    async def body(stub: Any, ch: Any, fleet: Fleet, icpt: Counting | None) -> None:
+        calls = [stub.Unary(_req(str(i)), timeout=5) for i in range(9)]
+        replies = await asyncio.gather(*calls)
+        assert [r.message for r in replies] == [str(i) for i in range(9)]
+        codes = [await c.code() for c in calls]
+        assert codes == [grpc.StatusCode.OK] * 9
+    on_channel(fleet3, interceptor, body)
+
+
+def test_server_streaming(fleet3: Fleet, interceptor: Counting | None) -> None:
+    async def body(stub: Any, ch: Any, fleet: Fleet, icpt: Counting | None) -> None:
+        call = stub.ServerStream(_req("s", count=5), timeout=5)
+        replies = [r async for r in call]
+        assert [r.index for r in replies] == [0, 1, 2, 3, 4]
+        assert len({r.backend for r in replies}) == 1
+        assert (await call.code()) is grpc.StatusCode.OK
+        stream = stub.ServerStream(_req(count=2), timeout=5)
+        assert [(await stream.read()).index, (await stream.read()).index] == [0, 1]
+        assert await stream.read() is grpc.aio.EOF
+    on_channel(fleet3, interceptor, body)
+
+
+def test_client_streaming(fleet3: Fleet, interceptor: Counting | None) -> None:
+    async def body(stub: Any, ch: Any, fleet: Fleet, icpt: Counting | None) -> None:
+        reply = await stub.ClientStream(iter([_req("a"), _req("b"), _req("c")]), timeout=5)
+        assert reply.index == 3 and reply.message == "a,b,c"
+
+        async def gen() -> AsyncIterator[echo_pb2.EchoRequest]:
+            for m in "yz":
+                yield _req(m)
+
+        assert (await stub.ClientStream(gen(), timeout=5)).message == "y,z"
+        call = stub.ClientStream(timeout=5)
+        await call.write(_req("p"))
+        await call.write(_req("q"))
+        await call.done_writing()
+        assert (await call).message == "p,q" and (await call.code()) is grpc.StatusCode.OK
+    on_channel(fleet3, interceptor, body)
+
+
+def test_bidi_streaming(fleet3: Fleet, interceptor: Counting | None) -> None:
+    async def body(stub: Any, ch: Any, fleet: Fleet, icpt: Counting | None) -> None:
+        replies = [r async for r in stub.Bidi(iter([_req(str(i)) for i in range(4)]),
+                                              timeout=5)]
+        assert [(r.message, r.index) for r in replies] == [(str(i), i) for i in range(4)]
+        bidi = stub.Bidi(timeout=5)
+        for i in range(3):
+            await bidi.write(_req(str(i)))
+            assert (await bidi.read()).message == str(i)
+        await bidi.done_writing()
+        assert await bidi.read() is grpc.aio.EOF
+        assert (await bidi.code()) is grpc.StatusCode.OK
+        if icpt is not None:
+            assert icpt.calls == 2
+    on_channel(fleet3, interceptor, body)
+
+
+# ------------------------------------------------------------------ status, deadline, cancel
+def test_status_code_and_details_pass_through(fleet3: Fleet,
+                                              interceptor: Counting | None) -> None:
+    async def body(stub: Any, ch: Any, fleet: Fleet, icpt: Counting | None) -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Unary(_req(fail_code=5, fail_details="no such thing"), timeout=5)
+        assert info.value.code() is grpc.StatusCode.NOT_FOUND
+        assert info.value.details() == "no such thing"
+        stream = stub.ServerStream(_req(count=2, fail_code=10, fail_details="stream says no"),
+                                   timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            [r async for r in stream]
+        assert info.value.code() is grpc.StatusCode.ABORTED
+        assert (await stream.details()) == "stream says no"
+    on_channel(fleet3, interceptor, body)
+
+
+def test_deadline_exceeded(fleet3: Fleet, interceptor: Counting | None) -> None:
+    async def body(stub: Any, ch: Any, fleet: Fleet, icpt: Counting | None) -> None:
+        t0 = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Unary(_req(sleep_ms=2000), timeout=0.2)
+        assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - t0 < 1.5
+        call = stub.ServerStream(_req(count=3, sleep_ms=2000), timeout=0.2)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call.read()
+        assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    on_channel(fleet3, interceptor, body)
+
+
+def test_cancellation(fleet3: Fleet, interceptor: Counting | None) -> None:
+    async def body(stub: Any, ch: Any, fleet: Fleet, icpt: Counting | None) -> None:
+        call = stub.Unary(_req(sleep_ms=3000), timeout=10)
+        await asyncio.sleep(0.1)
+        assert call.cancel() and call.cancelled()
+        with pytest.raises(asyncio.CancelledError):
             await call
-            assert dict(await call.trailing_metadata())["x-echo-aio"] == "1"
-            assert icpt.calls == 1
-    run(body)
+        assert (await call.code()) is grpc.StatusCode.CANCELLED
+        stream = stub.ServerStream(_req(count=100, sleep_ms=50), timeout=10)
+        assert (await stream.read()).index == 0
+        assert stream.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stream.read()
+        task = asyncio.ensure_future(stub.Unary(_req(sleep_ms=3000), timeout=10))
+        await asyncio.sleep(0.1)
+        task.cancel()            # cancelling the awaiting task cancels the RPC
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    on_channel(fleet3, interceptor, body)
 
 
-def test_round_robin_even_and_1000_concurrent(fleet3: Fleet) -> None:
+def test_compression_and_wait_for_ready_accepted(fleet3: Fleet,
+                                                 interceptor: Counting | None) -> None:
+    async def body(stub: Any, ch: Any, fleet: Fleet, icpt: Counting | None) -> None:
+        reply = await stub.Unary(_req("z" * 1000), timeout=5, wait_for_ready=True,
+                                 compression=grpc.Compression.Gzip)
+        assert reply.message == "z" * 1000
+    on_channel(fleet3, interceptor, body)
+
+
+def test_abandoned_stream_and_mixed_tasks_leave_nothing_in_flight(
+        fleet3: Fleet, interceptor: Counting | None) -> None:
+    async def body(stub: Any, ch: Any, fleet: Fleet, icpt: Counting | None) -> None:
+        stream = stub.ServerStream(_req(count=50, sleep_ms=20), timeout=10)
+        await stream.read()
+        stream.cancel()     # grpc.aio does not cancel on collection: the caller cancels
+        del stream
+        gc.collect()
+
+        async def work() -> None:
+            for _ in range(10):
+                await stub.Unary(_req(), timeout=5)
+                assert len([r async for r in stub.ServerStream(_req(count=2), timeout=5)]) == 2
+
+        await asyncio.gather(*(work() for _ in range(4)))
+    on_channel(fleet3, interceptor, body)
+
+
+# ------------------------------------------------------------------ the channel
+def test_1000_concurrent_calls_no_error_and_in_flight_back_to_zero(fleet3: Fleet) -> None:
     async def body() -> None:
         async with lbclient.aio.insecure_channel(fleet3.target) as ch:
             stub = echo_pb2_grpc.EchoStub(ch)
-            await _ready(ch, 3)
-            counts = collections.Counter()
-            for _ in range(300):
-                counts[(await stub.Unary(REQ, timeout=5)).address] += 1
-            assert sorted(counts.values()) == [100, 100, 100]
-            replies = await asyncio.gather(*[stub.Unary(REQ, timeout=30) for _ in range(1000)])
-            assert len(replies) == 1000
-            by_backend = collections.Counter(r.address for r in replies)
+            await ready(ch, 3)
+            counts = collections.Counter([(await stub.Unary(REQ, timeout=5)).address
+                                          for _ in range(30)])
+            assert sorted(counts.values()) == [10, 10, 10]
+            replies = await asyncio.gather(*[stub.Unary(REQ, timeout=30) for _ in range(1000)],
+                                           return_exceptions=True)
+            errors = [r for r in replies if isinstance(r, BaseException)]
+            assert errors == []
+            by_backend = collections.Counter(r.address for r in replies)  # type: ignore[union-attr]
             assert all(abs(n - 333) <= 2 for n in by_backend.values()), by_backend
-            await asyncio.sleep(0.05)
-            assert all(e.in_flight == 0 for e in ch.endpoints())
-            assert sum(e.calls for e in ch.endpoints()) == 1300
+            await idle(ch)
+            assert sum(e.calls for e in ch.endpoints()) == 1030
+    run(body)
+
+
+def test_state_ready_close_and_later_calls(fleet3: Fleet) -> None:
+    async def body() -> None:
+        ch = lbclient.aio.insecure_channel(fleet3.target)
+        assert ch.get_state() is not grpc.ChannelConnectivity.READY
+        await asyncio.wait_for(ch.channel_ready(), 10)
+        assert ch.get_state(try_to_connect=True) is grpc.ChannelConnectivity.READY
+        stub = echo_pb2_grpc.EchoStub(ch)
+        changed = asyncio.ensure_future(ch.wait_for_state_change(
+            grpc.ChannelConnectivity.READY))
+        await asyncio.sleep(0.05)
+        assert not changed.done()
+        await ch.close()
+        await ch.close()                     # idempotent
+        await asyncio.wait_for(changed, 5)
+        assert ch.get_state() is grpc.ChannelConnectivity.SHUTDOWN
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Unary(REQ, timeout=1)
+        assert info.value.code() is grpc.StatusCode.CANCELLED
+        assert "closed" in (info.value.details() or "")
     run(body)
 
 
@@ -168,27 +334,28 @@ def test_no_ready_endpoint_and_wait_for_ready() -> None:
                 await call
             assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
             assert (await call.code()) is grpc.StatusCode.DEADLINE_EXCEEDED
+            assert call.done()
+            stream = stub.ServerStream(REQ, timeout=1)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stream.read()
+            assert info.value.code() is grpc.StatusCode.UNAVAILABLE
             asyncio.get_running_loop().call_later(0.3, fleet[0].restart)
             reply = await stub.Unary(REQ, timeout=15, wait_for_ready=True)
             assert reply.address == fleet[0].address
             assert ch.get_state() is grpc.ChannelConnectivity.READY
-        assert ch.get_state() is grpc.ChannelConnectivity.SHUTDOWN
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.Unary(REQ, timeout=1)
-        assert info.value.code() is grpc.StatusCode.CANCELLED
 
     with Fleet(1) as fleet:
         run(body, fleet)
 
 
-def test_stopped_backend_not_picked(fleet_factory) -> None:  # type: ignore[no-untyped-def]
-    fleet = fleet_factory(3)
+def test_stopped_backend_not_picked(fleet_factory: Any) -> None:
+    fleet = fleet_factory(3, aio=True)
 
     async def body() -> None:
         async with lbclient.aio.insecure_channel(fleet.target) as ch:
             stub = echo_pb2_grpc.EchoStub(ch)
-            await _ready(ch, 3)
-            fleet[2].stop()
+            await ready(ch, 3)
+            await asyncio.to_thread(fleet[2].stop)
             for _ in range(1000):
                 if ch.endpoints()[2].connectivity != "READY":
                     break
