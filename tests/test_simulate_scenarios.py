@@ -264,3 +264,18 @@ def test_python_api_accepts_dicts_and_scenarios() -> None:
     assert a.run("round_robin") is a.runs[0]
     with pytest.raises(KeyError, match="no variant"):
         a.run("nope")
+
+
+def test_docs_describe_every_scenario_field_and_file() -> None:
+    from lbclient.simulate import distributions, scenario
+
+    docs = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "simulate.md").read_text()
+    fields = (scenario._TOP | scenario._BACKEND | scenario._STREAM
+              | {"kind", "start", "end", "rate", "code", "factor", "header", "order", "prefix",
+                 "label", "policy", "slowFraction", "median", "sigma"})
+    for name in sorted(fields):
+        assert f"`{name}`" in docs or f'"{name}"' in docs, name
+    for kind in (*scenario.FAULT_KINDS, *distributions.KINDS):
+        assert f"`{kind}`" in docs or f'"{kind}"' in docs, kind
+    for name in SCENARIOS:
+        assert name in docs, name
