@@ -178,12 +178,14 @@ def test_scenario_errors_name_the_json_path(overrides: dict[str, Any], message: 
 
 def test_scenario_defaults_names_and_variants() -> None:
     sc = parse_scenario(scenario(
-        backends=[{"weight": 3}, {"name": "x:1", "replicas": 2, "capacity": 4}, {}],
+        backends=[{"weight": 3}, {"name": "x:1", "replicas": 2, "capacity": 4}, {},
+                  {"name": "plain", "replicas": 2}],
         serviceConfig={"healthCheckConfig": {"mode": "poll"}, "lbclient": {"panicThreshold": 0}},
         policies=["round_robin", {"label": "lc", "policy": {"least_connections": {}}},
                   {"label": "own", "serviceConfig": {"healthCheckConfig": None}}]))
-    assert [b.name for b in sc.backends] == ["s1:80", "x:1-1", "x:1-2", "s4:80"]
-    assert [b.capacity for b in sc.backends] == [None, 4, 4, None]
+    assert [b.name for b in sc.backends] == ["s1:80", "x-1:1", "x-2:1", "s4:80", "plain-1",
+                                             "plain-2"]
+    assert [b.capacity for b in sc.backends] == [None, 4, 4, None, None, None]
     assert sc.backends[0].weight == 3 and sc.seed == 1
     assert [v.label for v in sc.variants] == ["round_robin", "lc", "own"]
     rr, lc, own = sc.variants

@@ -218,8 +218,11 @@ def _backends(value: Any, path: str) -> tuple[BackendSpec, ...]:
             index = len(out)
             if name is None:
                 address = f"s{index + 1}:80"
-            else:
-                address = name if replicas == 1 else f"{name}-{r + 1}"
+            elif replicas == 1:
+                address = name
+            else:       # "small:80" x 2 -> "small-1:80", "small-2:80"
+                host, sep, port = name.rpartition(":")
+                address = f"{host}-{r + 1}:{port}" if sep else f"{name}-{r + 1}"
             out.append(_backend(obj, p, address))
     if not out:
         raise ServiceConfigError(path, "must list at least one backend")
