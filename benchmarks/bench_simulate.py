@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -104,9 +104,11 @@ def measure_one(requests: int, policy: str) -> tuple[float, float, int]:
 
 def measure(settings: Settings) -> Section:
     section = Section(TITLE)
+    def variant(policy: str) -> Callable[[], tuple[float, float, int]]:
+        return lambda: measure_one(settings.requests, policy)
+
     with one_core() as pinned:
-        results = interleave({p: (lambda p=p: measure_one(settings.requests, p))
-                              for p in settings.policies}, settings.reps)
+        results = interleave({p: variant(p) for p in settings.policies}, settings.reps)
     table = Table(["policy", "wall s", "CPU s", "requests/s (CPU)",
                    f"CPU s per 100k (goal < {GOAL_SECONDS:g})"],
                   caption=f"{settings.requests:,} requests per run, {settings.reps} "

@@ -165,6 +165,7 @@ def parse_scenario(raw: Any) -> Scenario:
     streams = _streams(obj.get("requests"), "requests")
     base = get_object(obj, "serviceConfig", "") or {}
     policies = obj.get("policies")
+    variants: tuple[Variant, ...]
     if policies is None:
         variants = (parse_variant({}, base, "serviceConfig"),)
     else:
