@@ -2,9 +2,9 @@
 
 Every error is a :class:`~lbclient.errors.ServiceConfigError` (a ``ValueError``) naming
 the JSON path and the rule, e.g. ``backends[2].faults[0].end: must not be before start``.
-The service config part is parsed by :func:`lbclient.config.parse_service_config` (and
-the ``"lbclient"`` block by :func:`~lbclient.health.options.parse_balancing_options`),
-so a simulated variant accepts exactly what a channel accepts; errors in it are prefixed
+The service config part is parsed by :func:`lbclient.config.parse_service_config`
+(``"lbclient"`` block included), so a simulated variant accepts exactly what a channel
+accepts; errors in it are prefixed
 with the variant's path (``policies[1].loadBalancingConfig[0]...``).
 """
 
@@ -32,8 +32,7 @@ from ..balancer.policy import LbChoice, PolicySpec
 from ..config import ServiceConfig, parse_service_config
 from ..errors import ServiceConfigError
 from ..health.codes import STATUS_CODES
-from ..health.options import FIELD as OPTIONS_FIELD
-from ..health.options import BalancingOptions, parse_balancing_options
+from ..health.options import BalancingOptions
 from . import modulo_hash
 from .distributions import Distribution, Fixed, parse_distribution, seconds
 
@@ -362,8 +361,9 @@ def parse_variant(item: Any, base: Mapping[str, Any], path: str) -> Variant:
 
 def parse_variant_config(raw: Mapping[str, Any], path: str
                          ) -> tuple[ServiceConfig, BalancingOptions]:
-    """:func:`parse_service_config` plus the ``"lbclient"`` block, with the simulator's
-    own policies (:data:`SIM_POLICIES`) allowed as the first ``loadBalancingConfig`` entry."""
+    """:func:`parse_service_config` (the ``"lbclient"`` block included), with the
+    simulator's own policies (:data:`SIM_POLICIES`) allowed as the first
+    ``loadBalancingConfig`` entry."""
     try:
         lbc = raw.get("loadBalancingConfig")
         local = _local_choice(lbc)
@@ -372,11 +372,10 @@ def parse_variant_config(raw: Mapping[str, Any], path: str
             config = dataclasses.replace(parse_service_config(rest), lb=local, raw=dict(raw))
         else:
             config = parse_service_config(dict(raw))
-        options = parse_balancing_options(raw.get(OPTIONS_FIELD))
     except ServiceConfigError as exc:
         raise ServiceConfigError(join(path, exc.path) if exc.path else path,
                                  exc.reason) from None
-    return config, options
+    return config, config.options
 
 
 def _local_choice(lbc: Any) -> LbChoice | None:
