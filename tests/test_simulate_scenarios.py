@@ -279,3 +279,11 @@ def test_docs_describe_every_scenario_field_and_file() -> None:
         assert f"`{kind}`" in docs or f'"{kind}"' in docs, kind
     for name in SCENARIOS:
         assert name in docs, name
+
+
+def test_slow_start_after_health_recovery(reports: dict[str, simulate.Report]) -> None:
+    r = reports["02_server_failure.json"]
+    plain = r.run("health watch").backends[0]
+    ramped = r.run("health watch + slow start 10s").backends[0]
+    assert r.run("health watch + slow start 10s").failed == 0
+    assert plain.requests - 200 < ramped.requests < plain.requests - 30

@@ -319,7 +319,7 @@ def test_faults_errors_slow_and_down() -> None:
     sim.loop.run(200)
     [(end, seq, code)] = sim.finished
     assert (seq, code) == (1000, "OK")
-    assert end - start == pytest.approx(4.0 + 0.5)   # duration x factor + service time
+    assert end - start == pytest.approx((1.0 + 0.5) * 4.0)   # (duration + service) x factor
     b.fault_end(slow)
     # down: every call in flight or queued fails UNAVAILABLE at once, in arrival order
     sim.finished.clear()

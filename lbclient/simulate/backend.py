@@ -116,8 +116,9 @@ class SimBackend:
         self.active += 1
         call.state = SERVING
         self.serving.add(call)
-        service = call.duration * self.spec.slowdown * self._slow
+        service = call.duration * self.spec.slowdown
         service += self.spec.service_time.sample(self._service_rng)
+        service *= self._slow
         call.timer = self.loop.call_at(now + service, self._complete, call)
 
     def _complete(self, call: SimCall) -> None:
@@ -326,8 +327,13 @@ class SimChecker:
     def _probe(self) -> None:
         if self._stopped or self._poll_interval is None:
             return
+        self._poll = None                  # this timer has fired
         serving = self._backend.health_serving()
         self._send(HealthReport("probe", serving, "SERVING" if serving else "NOT_SERVING"))
+        # The report may have readmitted the endpoint (set_probing(False)) or restarted
+        # probing; only an undisturbed poller schedules its next probe.
+        if self._stopped or self._poll_interval is None or self._poll is not None:
+            return
         jitter = self._config.jitter
         delay = self._poll_interval * (1.0 + self._rng.uniform(-jitter, jitter))
         self._poll = self._loop.call_later(delay, self._probe)
@@ -337,10 +343,15 @@ class SimChecker:
             self._poll.cancel()
         self._poll, self._poll_interval = None, None
 
+    @property
+    def probing(self) -> bool:
+        """Whether Check probes are scheduled (poll mode, or ejected in watch mode)."""
+        return self._poll_interval is not None
+
     def set_probing(self, on: bool) -> None:
         if self._stopped or not self._implemented or self._config.mode == "poll":
             return
-        if on and self._poll is None:
+        if on and self._poll_interval is None:
             self._start_polling(min(self._config.interval, READMIT_PROBE_INTERVAL))
         elif not on:
             self._stop_polling()
