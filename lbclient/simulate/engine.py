@@ -130,6 +130,7 @@ class Simulation:
         self.pending: list[SimCall] = []
         self._retry_scheduled = False
         self._streams_open = 0
+        self.final_stats: dict[str, tuple[int, int, int]] = {}
         self.first_arrival: float | None = None
         self.last_end = 0.0
         self.stopped_at = 0.0
@@ -180,6 +181,9 @@ class Simulation:
             self.stopped_at = loop.now
             for b in self.backends:
                 b._count(0)
+            # What the policies saw, per endpoint: (in flight, calls ended, failures).
+            self.final_stats = {r.address: (r.stats.in_flight, r.stats.calls, r.stats.failures)
+                                for r in bal.records()}
             bal.close()
 
     # ------------------------------------------------------------------ requests
