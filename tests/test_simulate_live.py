@@ -142,3 +142,50 @@ def test_no_failures_before_the_script_starts(fleet: Fleet, fail_from: int) -> N
     assert live.ejections == sim_ejections(sim) and len(live.ejections) == 1
     assert (dict(live.calls), dict(live.failures)) == per_endpoint(sim)
     assert sum(live.failures.values()) == 3
+
+
+# ---------------------------------------------------------------------------- health
+
+
+def test_poll_health_thresholds_count_the_same_probes(fleet_factory: Any) -> None:
+    """Poll health checks with unhealthyThreshold 3 / healthyThreshold 2: a live channel
+    and the simulator both mark the endpoint unhealthy at the third failed probe after it
+    turned NOT_SERVING, and healthy again at the second good one."""
+    fleet = fleet_factory(2)
+    hc = {"mode": "poll", "interval": "0.1s", "unhealthyThreshold": 3,
+          "healthyThreshold": 2, "jitter": 0}
+    config = {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": hc,
+              "lbclient": {"panicThreshold": 0}}
+    # simulated: NOT_SERVING from t=1.05 to t=2.05
+    sc = simulate.parse_scenario({
+        "backends": [{"name": a, "faults": [{"kind": "notServing", "start": 1.05,
+                                             "end": 2.05}]} if i == 0 else {"name": a}
+                     for i, a in enumerate(fleet.addresses)],
+        "requests": {"rate": 10, "until": 3},
+        "serviceConfig": config})
+    sim = simulate.Simulation(sc, sc.variants[0], 1)
+    sim.run()
+    probes = sim.backends[0].probes
+    marks = [(t, fit) for t, fit, _ in sim.backends[0].transitions if t > 0]
+    assert [fit for _, fit in marks] == [False, True]
+    (down, _), (up, _) = marks
+    assert [s for t, s in probes if 1.05 <= t <= down] == [False] * 3
+    assert [s for t, s in probes if 2.05 <= t <= up] == [True] * 2
+    # live
+    events: list[tuple[bool | None, int]] = []
+    with lbclient.insecure_channel(fleet.target, service_config=config) as ch:
+        ch.add_event_listener(lambda e: e.kind == "health_changed" and e.address ==
+                              fleet[0].address and events.append((e.healthy,
+                                                                  fleet[0].health_calls)))
+        wait_until(lambda: sum(e.eligible for e in ch.endpoints()) == 2, 10,
+                   message="both endpoints eligible")
+        before = fleet[0].health_calls
+        fleet[0].set_health(False)
+        wait_until(lambda: bool(events) and events[-1][0] is False, 10, message="unhealthy")
+        failed_probes = events[-1][1] - before
+        before = fleet[0].health_calls
+        fleet[0].set_health(True)
+        wait_until(lambda: events[-1][0] is True, 10, message="healthy again")
+        good_probes = events[-1][1] - before
+    # a probe already on the wire when the status changed may be answered either way
+    assert failed_probes in (3, 4) and good_probes in (2, 3)

@@ -73,6 +73,7 @@ class SimBackend:
         self.queue_wait_total = 0.0
         self.queue_wait_max = 0.0
         self.queued_calls = 0
+        self.probes: list[tuple[float, bool]] = []     # health Check answers (time, serving)
         self.fit = False                               # as of the last balancer change
         self.eligible = False
         self.transitions: list[tuple[float, bool, str]] = []
@@ -329,6 +330,7 @@ class SimChecker:
             return
         self._poll = None                  # this timer has fired
         serving = self._backend.health_serving()
+        self._backend.probes.append((self._loop.now, serving))
         self._send(HealthReport("probe", serving, "SERVING" if serving else "NOT_SERVING"))
         # The report may have readmitted the endpoint (set_probing(False)) or restarted
         # probing; only an undisturbed poller schedules its next probe.
