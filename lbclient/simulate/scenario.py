@@ -129,6 +129,9 @@ class Scenario:
         is no label becomes a variant of its own: that policy with ``{}`` config on top of
         the scenario's ``serviceConfig``."""
         by_label = {v.label: v for v in self.variants}
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ServiceConfigError(f"--policy {name}", "named twice")
         out = [by_label[n] if n in by_label else
                parse_variant({"label": n, "policy": {n: {}}}, self.service_config,
                              f"--policy {n}")
