@@ -302,3 +302,48 @@ def test_with_policies_keeps_the_order_asked() -> None:
         "pick_first", "round_robin"]
     with pytest.raises(ServiceConfigError, match=r"^--policy nope"):
         sc.with_policies(["nope"])
+
+
+# ---------------------------------------------------------------------------- odds and ends
+
+
+def test_default_sampling_takes_about_a_thousand_samples() -> None:
+    r = one_report(requests={"rate": 10, "count": 600, "arrivals": "uniform"})
+    run = r.runs[0]
+    assert 900 <= len(run.timeline) <= 1100
+    fine = one_report(sampleInterval=0.01,
+                      requests={"rate": 10, "count": 50, "arrivals": "uniform"}).runs[0]
+    gaps = {round(b[0] - a[0], 9) for a, b in zip(fine.timeline, fine.timeline[1:],
+                                                    strict=False)}
+    assert gaps == {0.01}
+
+
+def test_modulo_hash_joins_repeated_headers_like_ring_hash() -> None:
+    from test_simulate_units import candidates
+
+    from lbclient.balancer.picker import PickInfo
+    from lbclient.balancer.policy import PolicyContext
+    from lbclient.policies._hashing import xxhash64
+    from lbclient.simulate import modulo_hash
+
+    policy = modulo_hash.SPEC.create(modulo_hash.parse_config({"requestHashHeader": "k"}, "p"),
+                                     PolicyContext(clock=lambda: 0.0, rng=random.Random(1)))
+    cs = candidates(7)
+    picker = policy.build_picker(cs)
+    got = picker.pick(PickInfo("/m", (("k", "a"), ("K", "b")))).candidate
+    assert got is cs[xxhash64("a,b") % 7]
+
+
+def test_cli_policy_list_tolerates_spaces_and_empty_items(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"backends": [{}], "requests": {"rate": 1, "count": 2}}))
+    assert main(["simulate", str(path), "--policy", " random , ,pick_first,"]) == 0
+    out = capsys.readouterr().out
+    assert "-- random (random)" in out and "-- pick_first (pick_first)" in out
+    assert out.count("\n-- ") == 2 and "== comparison" in out
+
+
+def test_a_run_without_failures_says_so() -> None:
+    body = text.format_run(one_report().runs[0], timing=False)
+    assert "failed 0 (none)" in body and "no endpoint 0, unfinished 0" in body
