@@ -364,3 +364,44 @@ def test_stopped_backend_not_picked(fleet_factory: Any) -> None:
                 [(await stub.Unary(REQ, timeout=5)).address for _ in range(60)])
             assert fleet[2].address not in seen and sum(seen.values()) == 60
     run(body)
+
+
+def test_finished_calls_are_read_from_grpc_aio_directly_with_a_fallback(fleet3: Fleet) -> None:
+    """The per-call status read takes grpc.aio's C-layer status when it can (a grpc
+    upgrade that changes it must show up here) and the coroutine path otherwise."""
+    from lbclient.aio._attempt import _status_now, finish_aio
+
+    async def body() -> None:
+        async with lbclient.aio.insecure_channel(fleet3.target) as ch:
+            await ready(ch, 3)
+            stub = echo_pb2_grpc.EchoStub(ch)
+            call = stub.Unary(REQ, timeout=5, metadata=(("x-echo-a", "1"),))
+            await call
+            code, trailing, initial = _status_now(call)  # type: ignore[misc]
+            assert code == "OK" and ("x-echo-a", "1") in tuple(trailing)
+            assert dict(initial)["x-backend"]
+            failed = stub.Unary(_req(fail_code=5), timeout=5)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await failed
+            assert _status_now(failed)[0] == "NOT_FOUND"  # type: ignore[index]
+
+            class Wrapped:          # no C-layer call: the coroutine getters are used
+                def __init__(self, inner: Any) -> None:
+                    self._inner = inner
+
+                def __getattr__(self, name: str) -> Any:
+                    if name == "_cython_call":
+                        raise AttributeError(name)
+                    return getattr(self._inner, name)
+
+            seen: list[tuple[str, Any]] = []
+
+            class Done:
+                def finish_with(self, code: str, trailing: Any = (), initial: Any = ()) -> None:
+                    seen.append((code, trailing))
+
+            assert _status_now(Wrapped(failed)) is None
+            finish_aio(Wrapped(failed), Done())  # type: ignore[arg-type]
+            finish_aio(failed, Done())  # type: ignore[arg-type]
+            assert [c for c, _ in seen] == ["NOT_FOUND", "NOT_FOUND"]
+    run(body)

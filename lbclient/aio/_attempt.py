@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
+from grpc import _common as grpc_common
 
 from .._invoke import CallArgs, Completion, remaining
 from .._retry_call import add_attempts_trailer
@@ -125,8 +126,34 @@ def _drive(coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
     return False, None
 
 
+# grpc core's status codes (as grpc.aio's C layer reports them) by name.
+_CODE_NAMES: dict[Any, str] = {cy: code.name for cy, code in
+                               grpc_common.CYGRPC_STATUS_CODE_TO_STATUS_CODE.items()}
+
+
+def _status_now(call: Any) -> tuple[str, Any, Any] | None:
+    """``(code name, trailing, initial)`` of a finished grpc.aio call, read straight from
+    its C-layer call object (no coroutine, no Metadata copies: the per-call cost that
+    matters at thousands of calls per second); None when the call is not grpc.aio's own
+    (e.g. an intercepted call) or that layer differs."""
+    try:
+        cython_call = call._cython_call
+        status = cython_call._status
+        initial = cython_call._initial_metadata
+    except AttributeError:
+        return None
+    if status is None:
+        return None
+    return (_CODE_NAMES.get(status.code(), "UNKNOWN"), status.trailing_metadata() or (),
+            initial or ())
+
+
 def finish_aio(call: Any, done: Completion) -> None:
     """grpc.aio done-callback: read the finished call's status without a task."""
+    now = _status_now(call)
+    if now is not None:
+        done.finish_with(*now)
+        return
     try:
         ok, code = _drive(call.code())
         if ok:

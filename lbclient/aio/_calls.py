@@ -32,12 +32,13 @@ if TYPE_CHECKING:
 
 
 class _MultiCallable:
-    __slots__ = ("_ch", "_args")
+    __slots__ = ("_ch", "_args", "_info")
 
     def __init__(self, channel: LoadBalancedChannel, kind: str, method: str, ser: Any,
                  deser: Any, registered: bool) -> None:
         self._ch = channel
         self._args = CallArgs(kind, method, ser, deser, registered)
+        self._info = PickInfo(method)      # the pick of a call without metadata
 
     def __call__(self, request: Any = None, *, timeout: float | None = None,
                  metadata: Any = None, credentials: Any = None,
@@ -55,7 +56,7 @@ class _MultiCallable:
                                                credentials, compression), mc)
             if call is not None:
                 return call
-        info = PickInfo(args.method, tuple(metadata) if metadata else ())
+        info = PickInfo(args.method, tuple(metadata)) if metadata else self._info
         try:
             result = ch._balancer.picker.pick(info)
         except PickError as exc:
