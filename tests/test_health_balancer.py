@@ -435,3 +435,21 @@ def test_no_endpoint_reason_counts_each_cause() -> None:
     reason = w.bal.picker.reason  # type: ignore[attr-defined]
     assert reason.startswith("no ready endpoints:")
     assert "1 unhealthy" in reason and "1 waiting for health" in reason and "1 idle" in reason
+
+
+def test_slow_start_after_coming_back_from_failed_connections() -> None:
+    """A graceful reconnect (IDLE, e.g. GOAWAY) is not a ramp; coming back after failed
+    connection attempts (a crash and restart) is, as its caches are cold."""
+    slow = BalancingOptions(slow_start=SlowStartConfig(window=10.0))
+    w = World(2, options=slow)
+    w.ready()
+    w.sched.advance(30)
+    handle = w.factory.handles[ADDRS[0]]
+    handle.on_state(Connectivity.IDLE)
+    w.ready(ADDRS[0])
+    assert w.info(ADDRS[0]).slow_start is None
+    handle.on_state(Connectivity.TRANSIENT_FAILURE)
+    handle.on_state(Connectivity.CONNECTING)
+    w.ready(ADDRS[0])
+    assert w.info(ADDRS[0]).slow_start == pytest.approx(0.0)
+    assert {c.address: c.weight for c in Recorder.last}[ADDRS[0]] == pytest.approx(0.1)

@@ -234,6 +234,11 @@ class Balancer(EndpointFitness):
             if state is Connectivity.TRANSIENT_FAILURE:
                 rec.failed_since_ready = True
             if state is Connectivity.READY:
+                if rec.failed_since_ready and rec.ready_count:
+                    # Back after a lost connection (a crash and restart, most likely):
+                    # its caches are cold, so it ramps up like a new endpoint.
+                    rec.ramp_pending = True
+                rec.ready_count += 1
                 rec.failed_since_ready = False
                 rec.ready_since = self._clock()
                 self._start_checker_locked(rec)

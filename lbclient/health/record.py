@@ -71,7 +71,7 @@ class EndpointRecord:
                  "checker", "checker_token", "reported_health", "unimplemented_logged",
                  "ejected", "ejected_until", "eject_reason", "added_at", "ready_since",
                  "ramp_pending", "ramp_start", "effective_weight", "picked",
-                 "failed_since_ready")
+                 "failed_since_ready", "ready_count")
 
     def __init__(self, endpoint: Endpoint, stats: EndpointStats, now: float,
                  clock: Callable[[], float]) -> None:
@@ -98,6 +98,7 @@ class EndpointRecord:
         # counts as failed (calls fail fast) until it is READY again, even while it is
         # reconnecting; before any failure, a connecting endpoint makes calls wait.
         self.failed_since_ready = False
+        self.ready_count = 0                          # times the connection became READY
 
     @property
     def address(self) -> str:
