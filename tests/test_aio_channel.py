@@ -259,7 +259,9 @@ def test_abandoned_stream_and_mixed_tasks_leave_nothing_in_flight(
     async def body(stub: Any, ch: Any, fleet: Fleet, icpt: Counting | None) -> None:
         stream = stub.ServerStream(_req(count=50, sleep_ms=20), timeout=10)
         await stream.read()
-        stream.cancel()     # grpc.aio does not cancel on collection: the caller cancels
+        # grpc.aio's own tasks keep a running stream referenced, so dropping it does not
+        # cancel it (also without lbclient): abandoning means cancelling.
+        stream.cancel()
         del stream
         gc.collect()
 
@@ -367,9 +369,10 @@ def test_stopped_backend_not_picked(fleet_factory: Any) -> None:
 
 
 def test_finished_calls_are_read_from_grpc_aio_directly_with_a_fallback(fleet3: Fleet) -> None:
-    """The per-call status read takes grpc.aio's C-layer status when it can (a grpc
-    upgrade that changes it must show up here) and the coroutine path otherwise."""
-    from lbclient.aio._attempt import _status_now, finish_aio
+    """A finished call's status comes from grpc.aio's C-layer call when it can (a grpc
+    upgrade that changes it must show up here) and from the coroutine getters otherwise;
+    done callbacks fire once."""
+    from lbclient.aio._status import _c_call, status_now, when_done
 
     async def body() -> None:
         async with lbclient.aio.insecure_channel(fleet3.target) as ch:
@@ -377,13 +380,13 @@ def test_finished_calls_are_read_from_grpc_aio_directly_with_a_fallback(fleet3: 
             stub = echo_pb2_grpc.EchoStub(ch)
             call = stub.Unary(REQ, timeout=5, metadata=(("x-echo-a", "1"),))
             await call
-            code, trailing, initial = _status_now(call)  # type: ignore[misc]
-            assert code == "OK" and ("x-echo-a", "1") in tuple(trailing)
-            assert dict(initial)["x-backend"]
-            failed = stub.Unary(_req(fail_code=5), timeout=5)
+            assert _c_call(call) is not None
+            status = status_now(call)
+            assert status is not None and status.code == "OK" and status.error() is None
+            assert ("x-echo-a", "1") in status.trailing and dict(status.initial)["x-backend"]
+            failed = stub.Unary(_req(fail_code=5, fail_details="nope"), timeout=5)
             with pytest.raises(grpc.aio.AioRpcError):
                 await failed
-            assert _status_now(failed)[0] == "NOT_FOUND"  # type: ignore[index]
 
             class Wrapped:          # no C-layer call: the coroutine getters are used
                 def __init__(self, inner: Any) -> None:
@@ -394,14 +397,12 @@ def test_finished_calls_are_read_from_grpc_aio_directly_with_a_fallback(fleet3: 
                         raise AttributeError(name)
                     return getattr(self._inner, name)
 
-            seen: list[tuple[str, Any]] = []
-
-            class Done:
-                def finish_with(self, code: str, trailing: Any = (), initial: Any = ()) -> None:
-                    seen.append((code, trailing))
-
-            assert _status_now(Wrapped(failed)) is None
-            finish_aio(Wrapped(failed), Done())  # type: ignore[arg-type]
-            finish_aio(failed, Done())  # type: ignore[arg-type]
-            assert [c for c, _ in seen] == ["NOT_FOUND", "NOT_FOUND"]
+            assert _c_call(Wrapped(failed)) is None
+            seen: list[Any] = []
+            when_done(failed, seen.append)
+            when_done(Wrapped(failed), seen.append)
+            await asyncio.sleep(0)
+            assert [(s.code, s.details) for s in seen] == [("NOT_FOUND", "nope")] * 2
+            error = seen[0].error()
+            assert error.code() is grpc.StatusCode.NOT_FOUND and error.details() == "nope"
     run(body)

@@ -253,6 +253,29 @@ def test_server_stream_retried_before_its_first_message_only() -> None:
         run(body)
 
 
+def test_a_committed_stream_cancels_and_ends_its_attempt(fleet_factory: Any) -> None:
+    fleet: Fleet = fleet_factory(1, aio=True)
+
+    async def body() -> None:
+        async with channel(fleet.target, retry_config(attempts=3), ready=1) as (ch, stub):
+            call = stub.ServerStream(_req(count=100, sleep_ms=20), timeout=10)
+            ended: list[Any] = []
+            call.add_done_callback(ended.append)
+            assert (await call.read()).index == 0        # committed
+            assert not call.done() and call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call.read()
+            assert call.cancelled() and (await call.code()) is grpc.StatusCode.CANCELLED
+            for _ in range(300):
+                if ch.endpoints()[0].in_flight == 0 and fleet[0].in_flight == 0 and ended:
+                    break
+                await asyncio.sleep(0.01)
+            assert ch.endpoints()[0].in_flight == 0 and fleet[0].in_flight == 0
+            assert ended == [call] and not call.cancel()
+
+    run(body)
+
+
 def test_bidi_requests_are_replayed() -> None:
     with ScriptedServer("bad", code=UNAVAILABLE) as bad, ScriptedServer("good") as good:
         async def body() -> None:

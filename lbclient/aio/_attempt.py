@@ -3,8 +3,8 @@ connection, and report how the attempt ended.
 
 Contract (as the sync ``_invoke``): for every started attempt ``EndpointStats.begin()``
 runs before the call starts, and ``end()`` plus the pick's ``on_done`` run exactly once
-when it ends, from grpc.aio's done callback (:func:`finish_aio`), so cancellation,
-deadlines and abandoned streams are included.
+when it ends, from its done callback (``_status.when_done``, which does not keep the
+call alive), so cancellation, deadlines and abandoned streams are included.
 
 Everything here runs on the channel's event loop and never blocks it: a pick that must
 wait (``wait_for_ready``, or endpoints still connecting) awaits the balancer's next
@@ -13,18 +13,16 @@ change.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
-from grpc import _common as grpc_common
 
 from .._invoke import CallArgs, Completion, remaining
 from .._retry_call import add_attempts_trailer
 from ..balancer.picker import PickError, PickInfo, PickResult
+from ._status import when_done
 
 if TYPE_CHECKING:
     from ._channel import LoadBalancedChannel
@@ -52,133 +50,6 @@ def with_attempts(error: grpc.aio.AioRpcError, previous: int) -> grpc.aio.AioRpc
                                    error.details(), error.debug_error_string())
     wrapped.previous_rpc_attempts = previous  # type: ignore[attr-defined]
     return wrapped
-
-
-def error_of_done_call(call: Any) -> grpc.aio.AioRpcError | None:
-    """A finished grpc.aio call's failure as an ``AioRpcError`` (None if it ended OK),
-    read without suspending."""
-    ok, code = _drive(call.code())
-    if not ok or code is grpc.StatusCode.OK:
-        return None
-    details = _drive(call.details())[1] or ""
-    trailing = _drive(call.trailing_metadata())[1] or grpc.aio.Metadata()
-    initial = _drive(call.initial_metadata())[1] or grpc.aio.Metadata()
-    return grpc.aio.AioRpcError(code, initial, trailing, details)
-
-
-_SEND_FAILED = "Internal error from Core"   # grpc.aio's details for a failed local send
-_PEER_STATUS_WAIT = 1.0                     # bound on waiting for the peer's real status
-
-
-class FirstStatus:
-    """Keeps the first status grpc.aio reports for a call: a later INTERNAL "Internal
-    error from Core" (a write that failed because the call had already ended) replaces
-    it in the call itself."""
-
-    __slots__ = ("seen", "error")
-
-    def __init__(self, rpc: Any) -> None:
-        self.seen = False
-        self.error: grpc.aio.AioRpcError | None = None
-        rpc.add_done_callback(self._done)
-
-    def _done(self, call: Any) -> None:
-        if not self.seen:
-            self.seen = True
-            try:
-                self.error = error_of_done_call(call)
-            except Exception:   # never raise into grpc's callback
-                self.seen = False
-
-
-async def peer_status(rpc: Any, first: FirstStatus, error: grpc.aio.AioRpcError,
-                      deadline: float | None) -> grpc.aio.AioRpcError:
-    """The real outcome of a request-streaming attempt that failed writing.
-
-    grpc.aio reports a write that failed because the server had already ended the call
-    as INTERNAL "Internal error from Core", before or after the server's own status
-    (UNAVAILABLE, say). A retry must judge the server's status: the one seen first, or
-    the one that replaces the INTERNAL shortly (waited for, bounded). Anything else is
-    returned unchanged."""
-    if error.code() is not grpc.StatusCode.INTERNAL or error.details() != _SEND_FAILED:
-        return error
-    if first.error is not None and first.error.details() != _SEND_FAILED:
-        return first.error
-    loop = asyncio.get_running_loop()
-    left = remaining(deadline)
-    end = loop.time() + min(_PEER_STATUS_WAIT, _PEER_STATUS_WAIT if left is None else left)
-    while loop.time() < end:
-        await asyncio.sleep(0.005)
-        real = error_of_done_call(rpc)
-        if real is not None and real.details() != _SEND_FAILED:
-            return real
-    return error
-
-
-def _drive(coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
-    """Run a coroutine that is expected not to suspend (a finished call's status getter).
-    Returns (True, value), or (False, None) after closing it if it would suspend."""
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return True, stop.value
-    coro.close()
-    return False, None
-
-
-# grpc core's status codes (as grpc.aio's C layer reports them) by name.
-_CODE_NAMES: dict[Any, str] = {cy: code.name for cy, code in
-                               grpc_common.CYGRPC_STATUS_CODE_TO_STATUS_CODE.items()}
-
-
-def _status_now(call: Any) -> tuple[str, Any, Any] | None:
-    """``(code name, trailing, initial)`` of a finished grpc.aio call, read straight from
-    its C-layer call object (no coroutine, no Metadata copies: the per-call cost that
-    matters at thousands of calls per second); None when the call is not grpc.aio's own
-    (e.g. an intercepted call) or that layer differs."""
-    try:
-        cython_call = call._cython_call
-        status = cython_call._status
-        initial = cython_call._initial_metadata
-    except AttributeError:
-        return None
-    if status is None:
-        return None
-    return (_CODE_NAMES.get(status.code(), "UNKNOWN"), status.trailing_metadata() or (),
-            initial or ())
-
-
-def finish_aio(call: Any, done: Completion) -> None:
-    """grpc.aio done-callback: read the finished call's status without a task."""
-    now = _status_now(call)
-    if now is not None:
-        done.finish_with(*now)
-        return
-    try:
-        ok, code = _drive(call.code())
-        if ok:
-            _, trailing = _drive(call.trailing_metadata())
-            _, initial = _drive(call.initial_metadata())
-            done.finish_with(code.name, tuple(trailing or ()), tuple(initial or ()))
-            return
-    except asyncio.CancelledError:
-        done.finish_with("CANCELLED")
-        return
-    except Exception:  # never raise into grpc's callback
-        log.debug("reading a finished call's status failed", exc_info=True)
-    if call.cancelled():
-        done.finish_with("CANCELLED")
-        return
-
-    async def later() -> None:  # rare: the status was not ready yet
-        try:
-            code = await call.code()
-            done.finish_with(code.name, tuple(await call.trailing_metadata() or ()),
-                             tuple(await call.initial_metadata() or ()))
-        except BaseException:
-            done.finish_with("CANCELLED")
-
-    asyncio.get_running_loop().create_task(later())
 
 
 async def pick(ch: LoadBalancedChannel, info: PickInfo, deadline: float | None,
@@ -217,7 +88,8 @@ def start(ch: LoadBalancedChannel, args: CallArgs, result: PickResult, request: 
     except BaseException:
         done.finish_with("CANCELLED")
         raise
-    call.add_done_callback(lambda c: finish_aio(c, done))
+    when_done(call, lambda status: done.finish_with(status.code, status.trailing,
+                                                    status.initial))
     return call
 
 

@@ -36,8 +36,9 @@ from .._retry_call import add_attempts_trailer
 from .._retry_state import CallRetry, Invocation
 from ..balancer.picker import PickInfo
 from ..method_config import MethodConfig
-from ._attempt import FirstStatus, peer_status, pick, start, with_attempts
+from ._attempt import pick, start, with_attempts
 from ._replay import AsyncRequestReplay, WriteSource
+from ._status import FirstStatus, Status, peer_status, weakly, when_done
 
 if TYPE_CHECKING:
     from ._channel import LoadBalancedChannel
@@ -112,14 +113,17 @@ class RetriedCall:
         if task.cancelled() or task.exception() is not None or self._rpc is None:
             self._ended()
         else:
-            self._rpc.add_done_callback(lambda _c: self._ended())
+            # The final attempt runs on (a committed stream): nothing of ours may keep it
+            # alive, so a stream the caller abandons is still collected and cancelled.
+            when_done(self._rpc, weakly(self._rpc_ended))
+            when_done(self._rpc, lambda _s, w=self._writes, r=self._replay: _release(w, r))
+
+    def _rpc_ended(self, status: Status) -> None:
+        self._ended()
 
     def _ended(self) -> None:
         """The whole call is over."""
-        if self._writes is not None:
-            self._writes.abort()
-        if self._replay is not None:
-            self._replay.close()
+        _release(self._writes, self._replay)
         callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
             callback(self)
@@ -294,6 +298,14 @@ class RetryingUnaryUnaryCall(RetryingUnaryCall, grpc.aio.UnaryUnaryCall):  # typ
 
 class RetryingStreamUnaryCall(RetryingUnaryCall, grpc.aio.StreamUnaryCall):  # type: ignore[misc]
     pass
+
+
+def _release(writes: WriteSource | None, replay: AsyncRequestReplay | None) -> None:
+    """Stop waiting for requests: the call is over."""
+    if writes is not None:
+        writes.abort()
+    if replay is not None:
+        replay.close()
 
 
 def retried_call(ch: LoadBalancedChannel, inv: Invocation, mc: MethodConfig) -> Any | None:

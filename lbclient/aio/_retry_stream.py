@@ -22,9 +22,10 @@ import grpc
 import grpc.aio
 
 from .._retry_state import CallRetry, Invocation
-from ._attempt import error_of_done_call, with_attempts
+from ._attempt import with_attempts
 from ._replay import WriteSource
 from ._retry import RetriedCall
+from ._status import Status, weakly, when_done
 
 if TYPE_CHECKING:
     from ._channel import LoadBalancedChannel
@@ -68,7 +69,7 @@ class RetryingStreamCall(RetriedCall):
                 return
             self._commit()
             self._peeked.append(first)
-            rpc.add_done_callback(self._account_end)
+            when_done(rpc, weakly(self._account_end))
             return
 
     def _commit(self) -> None:
@@ -85,14 +86,11 @@ class RetryingStreamCall(RetriedCall):
         self._ctl.record(error)
         self._ctl.decide()
 
-    def _account_end(self, rpc: Any) -> None:
-        if rpc.cancelled():    # cancelled by the caller: not the server's doing
+    def _account_end(self, status: Status) -> None:
+        if status.code == "CANCELLED":    # cancelled here: not the server's doing
             self._accounted = True
             return
-        try:
-            self._account(error_of_done_call(rpc))
-        except Exception:   # never raise into grpc's callback
-            self._accounted = True
+        self._account(status.error())
 
     # ------------------------------------------------------------------ reading
     async def read(self) -> Any:
