@@ -22,6 +22,7 @@ on the channel's loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
@@ -116,7 +117,7 @@ class RetriedCall:
             # The final attempt runs on (a committed stream): nothing of ours may keep it
             # alive, so a stream the caller abandons is still collected and cancelled.
             when_done(self._rpc, weakly(self._rpc_ended))
-            when_done(self._rpc, lambda _s, w=self._writes, r=self._replay: _release(w, r))
+            when_done(self._rpc, functools.partial(_release, self._writes, self._replay))
 
     def _rpc_ended(self, status: Status) -> None:
         self._ended()
@@ -300,7 +301,8 @@ class RetryingStreamUnaryCall(RetryingUnaryCall, grpc.aio.StreamUnaryCall):  # t
     pass
 
 
-def _release(writes: WriteSource | None, replay: AsyncRequestReplay | None) -> None:
+def _release(writes: WriteSource | None, replay: AsyncRequestReplay | None,
+             status: Status | None = None) -> None:
     """Stop waiting for requests: the call is over."""
     if writes is not None:
         writes.abort()
