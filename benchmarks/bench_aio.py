@@ -36,7 +36,6 @@ from benchmarks._common import (
     Section,
     Table,
     fmt_summary,
-    interleave,
     paired_ratios,
     standalone_main,
     summarize,
@@ -52,7 +51,7 @@ LOCAL_POOL = ("grpc.use_local_subchannel_pool", 1)
 class Settings:
     reps: int = 9
     concurrency: int = 1000
-    cell_seconds: float = 2.0     # target wall time of one cell's waves
+    cell_seconds: float = 2.0     # target wall time of one variant's waves per rep
     min_waves: int = 2
     max_waves: int = 20
     fixed_waves: int | None = None
@@ -82,47 +81,63 @@ VARIANTS: dict[str, tuple[str, Open]] = {
 }
 
 
-async def _cell(open_channel: Open, target: str, waves: int, s: Settings) -> Measurement:
-    channel = open_channel(target)
+async def _open(slug: str, target: str, s: Settings) -> tuple[Any, Any]:
+    """The variant's channel and stub, warmed up until every backend answered."""
+    channel = VARIANTS[slug][1](target)
+    stub = echo_pb2_grpc.EchoStub(channel)
+    req = echo_pb2.EchoRequest(message="x")
+    seen: set[str] = set()
+    for i in range(s.warmup_calls * 20):   # bounded: stops once all are seen
+        reply = await stub.Unary(req, timeout=10, wait_for_ready=True)
+        seen.add(reply.address)
+        if i + 1 >= s.warmup_calls and len(seen) >= 3:
+            break
+    return channel, stub
+
+
+async def _wave(stub: Any, s: Settings) -> Measurement:
+    req = echo_pb2.EchoRequest(message="x")
+    c0, w0 = time.process_time(), time.perf_counter()
+    results = await asyncio.gather(*(stub.Unary(req, timeout=60)
+                                     for _ in range(s.concurrency)), return_exceptions=True)
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    return Measurement(s.concurrency, sum(isinstance(r, BaseException) for r in results),
+                       wall, cpu)
+
+
+async def _repetition(target: str, waves: int, first: int, s: Settings
+                      ) -> dict[str, Measurement]:
+    """Both channels open side by side; waves alternate between them (``first`` starts),
+    so both variants meet the same machine conditions within milliseconds."""
+    slugs = list(VARIANTS)
+    opened = {slug: await _open(slug, target, s) for slug in slugs}
     try:
-        stub = echo_pb2_grpc.EchoStub(channel)
-        req = echo_pb2.EchoRequest(message="x")
-        seen: set[str] = set()
-        for i in range(s.warmup_calls * 20):   # bounded: stops once all are seen
-            reply = await stub.Unary(req, timeout=10, wait_for_ready=True)
-            seen.add(reply.address)
-            if i + 1 >= s.warmup_calls and len(seen) >= 3:
-                break
         gc.collect()
-        errors = 0
-        c0, w0 = time.process_time(), time.perf_counter()
-        for _ in range(waves):
-            results = await asyncio.gather(*(stub.Unary(req, timeout=60)
-                                             for _ in range(s.concurrency)),
-                                           return_exceptions=True)
-            errors += sum(isinstance(r, BaseException) for r in results)
-        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-        return Measurement(waves * s.concurrency, errors, wall, cpu)
+        got: dict[str, list[Measurement]] = {slug: [] for slug in slugs}
+        for w in range(waves):
+            k = (first + w) % len(slugs)
+            for slug in slugs[k:] + slugs[:k]:
+                got[slug].append(await _wave(opened[slug][1], s))
+        return {slug: Measurement(sum(m.calls for m in ms), sum(m.errors for m in ms),
+                                  sum(m.wall for m in ms), sum(m.cpu for m in ms))
+                for slug, ms in got.items()}
     finally:
-        await channel.close()
+        for channel, _ in opened.values():
+            await channel.close()
 
 
 def measure(s: Settings) -> Section:
     section = Section(TITLE)
-    # One event loop for every cell: grpc.aio's poller outlives a closed loop badly.
+    # One event loop for every repetition: grpc.aio's poller outlives a closed loop badly.
     with BackendProcess(3) as backends, asyncio.Runner() as loop:
         target = backends.target
-
-        def cell(slug: str, waves: int) -> Measurement:
-            return loop.run(_cell(VARIANTS[slug][1], target, waves, s))
-
         waves = s.fixed_waves
-        if waves is None:   # calibrated once, on the native variant
-            probe = cell("native_round_robin", 1)
+        if waves is None:   # calibrated once
+            probe = loop.run(_repetition(target, 1, 0, s))["native_round_robin"]
             waves = max(s.min_waves, min(s.max_waves, round(probe.rate * s.cell_seconds
                                                             / s.concurrency)))
-        cells = interleave({slug: (lambda slug=slug: cell(slug, waves)) for slug in VARIANTS},
-                           s.reps)
+        reps = [loop.run(_repetition(target, waves, rep, s)) for rep in range(s.reps)]
+    cells = {slug: [r[slug] for r in reps] for slug in VARIANTS}
     rate = {k: [m.rate for m in v] for k, v in cells.items()}
     cpu = {k: [m.cpu_per_call * 1e6 for m in v] for k, v in cells.items()}
     thr = paired_ratios(rate["lbclient_round_robin"], rate["native_round_robin"])
@@ -130,7 +145,8 @@ def measure(s: Settings) -> Section:
     table = Table(["variant", "calls/s", "client CPU µs/call", "calls/s ÷ native",
                    "CPU/call ÷ native", "errors"],
                   caption=f"{s.concurrency} concurrent calls per wave, {waves} waves per "
-                          f"cell, {s.reps} interleaved repetitions: median (min–max)")
+                          f"variant and repetition, alternating, {s.reps} repetitions: "
+                          f"median (min–max)")
     for slug, (name, _) in VARIANTS.items():
         own_thr = paired_ratios(rate[slug], rate["native_round_robin"])
         own_cpu = paired_ratios(cpu[slug], cpu["native_round_robin"])
@@ -156,14 +172,16 @@ def measure(s: Settings) -> Section:
     section.notes = [
         "Backends: 3 fake Echo backends (`python -m lbclient.testing serve`) in a separate "
         "process, sharing the machine's cores with the client.",
-        "A cell: a fresh channel (one event loop for the whole run), warm-up until all 3 "
-        "backends answered, "
-        f"then {waves} wave(s) of {s.concurrency} concurrent `await stub.Unary(...)` "
-        "calls via `asyncio.gather`; the channel is closed before the next cell.",
+        "A repetition opens both channels (one event loop for the whole run), warms each "
+        "up until all 3 backends answered, then alternates waves of "
+        f"{s.concurrency} concurrent `await stub.Unary(...)` calls (`asyncio.gather`) "
+        f"between them, {waves} per variant, the first variant rotating per repetition; "
+        "both channels are closed before the next repetition.",
         "CPU is `time.process_time()` of the client process (all threads, grpc's included) "
         "divided by the calls; the default asyncio event loop (no uvloop).",
-        "Ratios are paired within a repetition (the two variants run seconds apart, in "
-        "alternating order) and summarized as median (min–max).",
+        "Ratios are paired within a repetition (the variants' waves alternate, "
+        "milliseconds apart, so both meet the same machine load) and summarized as "
+        "median (min–max).",
     ]
     return section
 

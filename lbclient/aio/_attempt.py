@@ -3,7 +3,7 @@ connection, and report how the attempt ended.
 
 Contract (as the sync ``_invoke``): for every started attempt ``EndpointStats.begin()``
 runs before the call starts, and ``end()`` plus the pick's ``on_done`` run exactly once
-when it ends, from its done callback (``_status.when_done``, which does not keep the
+when it ends, from its done callback (``_status.finish_when_done``, which does not keep the
 call alive), so cancellation, deadlines and abandoned streams are included.
 
 Everything here runs on the channel's event loop and never blocks it: a pick that must
@@ -22,7 +22,7 @@ import grpc.aio
 from .._invoke import CallArgs, Completion, remaining
 from .._retry_call import add_attempts_trailer
 from ..balancer.picker import PickError, PickInfo, PickResult
-from ._status import when_done
+from ._status import finish_when_done
 
 if TYPE_CHECKING:
     from ._channel import LoadBalancedChannel
@@ -88,8 +88,7 @@ def start(ch: LoadBalancedChannel, args: CallArgs, result: PickResult, request: 
     except BaseException:
         done.finish_with("CANCELLED")
         raise
-    when_done(call, lambda status: done.finish_with(status.code, status.trailing,
-                                                    status.initial))
+    finish_when_done(call, done)
     return call
 
 

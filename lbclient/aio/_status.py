@@ -54,13 +54,19 @@ class Status(NamedTuple):
 CANCELLED = Status("CANCELLED", "Locally cancelled by application!", (), ())
 
 
+_READABLE: dict[type, bool] = {}   # C-layer call type -> has what _c_status reads
+
+
 def _c_call(call: Any) -> Any:
     """grpc.aio's C-layer call behind ``call`` if its status can be read, else None."""
     c = getattr(call, "_cython_call", None)
-    if c is not None and hasattr(c, "_status") and hasattr(c, "_initial_metadata") \
-            and hasattr(c, "add_done_callback"):
-        return c
-    return None
+    if c is None:
+        return None
+    readable = _READABLE.get(type(c))
+    if readable is None:
+        readable = _READABLE[type(c)] = all(
+            hasattr(c, name) for name in ("_status", "_initial_metadata", "add_done_callback"))
+    return c if readable else None
 
 
 def _c_status(c: Any) -> Status | None:
@@ -95,26 +101,80 @@ def status_now(call: Any) -> Status | None:
                   tuple(_drive(call.initial_metadata())[1] or ()))
 
 
+class _Fire:
+    """A done callback on the C-layer call ``c``: ``fn(status)``, once (grpc.aio may set
+    a call's status twice: a failed send). It drops ``c`` when it fires, so the cycle
+    C-layer call -> its callbacks -> this -> C-layer call ends with the call and the
+    call's objects are freed at once, not by the cycle collector."""
+
+    __slots__ = ("_c", "_fn")
+
+    def __init__(self, c: Any, fn: Callable[[Status], None]) -> None:
+        self._c: Any = c
+        self._fn: Callable[[Status], None] | None = fn
+
+    def __call__(self) -> None:
+        c, fn = self._c, self._fn
+        if c is None or fn is None:
+            return
+        self._c = self._fn = None
+        try:
+            fn(_c_status(c) or CANCELLED)
+        except Exception:   # never raise into grpc
+            log.exception("a call's done callback failed")
+
+
+class _Finish(_Fire):
+    """:func:`finish_when_done`'s callback: the attempt's ``Completion`` gets the status
+    straight from the C layer (the per-call path: no Status object)."""
+
+    __slots__ = ()
+
+    def __call__(self) -> None:
+        c, done = self._c, self._fn
+        if c is None or done is None:
+            return
+        self._c = self._fn = None
+        try:
+            status = c._status
+            if status is None:
+                done.finish_with("CANCELLED")  # type: ignore[attr-defined]
+            else:
+                done.finish_with(_CODE_NAMES.get(status.code(), "UNKNOWN"),  # type: ignore[attr-defined]
+                                 status.trailing_metadata() or (), c._initial_metadata or ())
+        except Exception:   # never raise into grpc
+            log.exception("finishing an attempt failed")
+
+
 def when_done(call: Any, fn: Callable[[Status], None]) -> None:
     """``fn(status)`` once ``call`` has finished (at once if it has). ``fn`` must not hold
     the call strongly either (see :func:`weakly`). Never raises into grpc."""
-    fired = False
-
-    def fire(status: Status) -> None:
-        nonlocal fired
-        if fired:   # grpc.aio may set a call's status twice (a failed send)
-            return
-        fired = True
-        try:
-            fn(status)
-        except Exception:
-            log.exception("a call's done callback failed")
-
     c = _c_call(call)
     if c is not None:
-        c.add_done_callback(lambda: fire(_c_status(c) or CANCELLED))
+        c.add_done_callback(_Fire(c, fn))
+        return
+    fired: list[bool] = []
+
+    def fire(status: Status) -> None:
+        if not fired:
+            fired.append(True)
+            try:
+                fn(status)
+            except Exception:
+                log.exception("a call's done callback failed")
+
+    call.add_done_callback(lambda done_call: _public_status(done_call, fire))
+
+
+def finish_when_done(call: Any, done: Any) -> None:
+    """``done.finish_with(code, trailing, initial)`` once ``call`` has finished (``done``
+    is the attempt's ``lbclient._invoke.Completion``)."""
+    c = _c_call(call)
+    if c is not None:
+        c.add_done_callback(_Finish(c, done))
     else:
-        call.add_done_callback(lambda done_call: _public_status(done_call, fire))
+        when_done(call, lambda status: done.finish_with(status.code, status.trailing,
+                                                        status.initial))
 
 
 def _public_status(call: Any, fire: Callable[[Status], None]) -> None:
