@@ -238,6 +238,7 @@ def test_server_stream_retried_before_its_first_message_only() -> None:
                     _, stub):
                 call = stub.ServerStream(_req(count=3), timeout=5)
                 assert isinstance(call, grpc.aio.UnaryStreamCall)
+                await call.wait_for_connection()        # the second attempt's
                 assert [r.index async for r in call] == [0, 1, 2]
                 assert bad.calls == 1 and good.calls == 1
                 assert trailer(await call.trailing_metadata()) == "1"

@@ -180,15 +180,22 @@ class RetriedCall:
         return await self._rpc.debug_error_string()  # type: ignore[no-any-return]
 
     async def wait_for_connection(self) -> None:
-        """Wait until an attempt is connected (raises the call's error if it failed
-        before)."""
-        await self._started.wait()
-        if self._task.done():
-            if self._task.cancelled():
-                raise asyncio.CancelledError()
-            if self._error is not None:
-                raise self._error
-        await self._rpc.wait_for_connection()
+        """Wait until an attempt is connected to its endpoint (an attempt that fails
+        first hands over to the next one); raise the call's error if it failed."""
+        while True:
+            await self._started.wait()
+            if self._task.done() and self._failed():
+                await self._raise()
+            rpc = self._rpc
+            try:
+                await rpc.wait_for_connection()
+                return
+            except grpc.aio.AioRpcError:
+                if self._rpc is rpc and self._task.done():
+                    await self._raise()
+                    raise
+                if self._rpc is rpc:          # the next attempt has not started yet
+                    self._started.clear()
 
     @property
     def previous_rpc_attempts(self) -> int:

@@ -23,15 +23,13 @@ from typing import Any, NamedTuple
 
 import grpc
 import grpc.aio
-from grpc import _common as grpc_common
 
 from .._invoke import remaining
 
 log = logging.getLogger("lbclient.aio")
 
-# grpc core's status codes (as grpc.aio's C layer reports them) by name.
-_CODE_NAMES: dict[Any, str] = {cy: code.name for cy, code in
-                               grpc_common.CYGRPC_STATUS_CODE_TO_STATUS_CODE.items()}
+# Status code names by number (grpc.aio's C layer reports codes as int enums).
+_CODE_NAMES: dict[Any, str] = {code.value[0]: code.name for code in grpc.StatusCode}
 _SEND_FAILED = "Internal error from Core"   # grpc.aio's details for a failed local send
 _PEER_STATUS_WAIT = 1.0                     # bound on waiting for the peer's real status
 
