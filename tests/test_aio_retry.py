@@ -438,3 +438,48 @@ def test_cancel_and_close_during_a_backoff() -> None:
             assert server.calls == 2
 
         run(body)
+
+
+def test_throttled_hedging_sends_no_more_hedges(fleet_factory: Any) -> None:
+    fleet: Fleet = fleet_factory(3, aio=True)
+    for b in fleet:
+        b.set_error_rate(1.0)
+
+    async def body() -> None:
+        config = hedging_config(attempts=3, delay="0s",
+                                throttling={"maxTokens": 2, "tokenRatio": 0.1})
+        async with channel(fleet.target, config, ready=3) as (ch, stub):
+            for _ in range(3):
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.Unary(_req(), timeout=5)
+                assert info.value.code() is UNAVAILABLE
+            # 2 tokens: the first call's failures take them below maxTokens/2 and its
+            # pending hedges stop; later calls send only their first attempt
+            assert ch._throttle is not None and ch._throttle.tokens == 0
+            fleet.reset_counters()
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Unary(_req(), timeout=5)
+            assert sum(fleet.calls().values()) == 1
+
+    run(body)
+
+
+def test_wait_for_ready_retried_call_waits_for_a_backend(fleet_factory: Any) -> None:
+    fleet: Fleet = fleet_factory(1, aio=True)
+    fleet[0].stop()
+
+    async def body() -> None:
+        config = retry_config(attempts=3, waitForReady=True)
+        async with lbclient.aio.insecure_channel(
+                fleet.target, service_config=config,
+                options=[("grpc.initial_reconnect_backoff_ms", 100),
+                         ("grpc.max_reconnect_backoff_ms", 200)]) as ch:
+            stub = echo_pb2_grpc.EchoStub(ch)
+            call = stub.Unary(_req(), timeout=10)
+            await asyncio.sleep(0.3)
+            assert not call.done()
+            await asyncio.to_thread(fleet[0].start)
+            assert (await call).address == fleet[0].address
+            assert call.previous_rpc_attempts == 0 and ch.endpoints()[0].in_flight == 0
+
+    run(body)
