@@ -49,10 +49,39 @@ class ChannelCommon:
     _call_listeners: tuple[CallListener, ...] = ()
     _resolver_listeners: tuple[ResolverListener, ...] = ()
 
+    # The four multicallable classes of the channel's flavour (sync or grpc.aio), in the
+    # order unary-unary, unary-stream, stream-unary, stream-stream.
+    _multicallables: tuple[Any, Any, Any, Any]
+
+    def unary_unary(self, method: str, request_serializer: Any = None,
+                    response_deserializer: Any = None,
+                    _registered_method: bool | None = False) -> Any:
+        return self._multicallables[0](self, "unary_unary", method, request_serializer,
+                                       response_deserializer, bool(_registered_method))
+
+    def unary_stream(self, method: str, request_serializer: Any = None,
+                     response_deserializer: Any = None,
+                     _registered_method: bool | None = False) -> Any:
+        return self._multicallables[1](self, "unary_stream", method, request_serializer,
+                                       response_deserializer, bool(_registered_method))
+
+    def stream_unary(self, method: str, request_serializer: Any = None,
+                     response_deserializer: Any = None,
+                     _registered_method: bool | None = False) -> Any:
+        return self._multicallables[2](self, "stream_unary", method, request_serializer,
+                                       response_deserializer, bool(_registered_method))
+
+    def stream_stream(self, method: str, request_serializer: Any = None,
+                      response_deserializer: Any = None,
+                      _registered_method: bool | None = False) -> Any:
+        return self._multicallables[3](self, "stream_stream", method, request_serializer,
+                                       response_deserializer, bool(_registered_method))
+
     def _init_common(self, target: str, service_config: ServiceConfigInput,
                      log: logging.Logger) -> None:
         """Parse and check the target and the user's service config (raising before
         anything is started), and set the shared state."""
+
         self._log = log
         self._target = parse_target(target)
         validate_target(self._target)

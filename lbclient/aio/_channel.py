@@ -145,29 +145,7 @@ class LoadBalancedChannel(ChannelCommon, grpc.aio.Channel):
             await asyncio.wait([self._closing], timeout=delay)
 
     # ------------------------------------------------------------ grpc.aio.Channel
-    def unary_unary(self, method: str, request_serializer: Any = None,
-                    response_deserializer: Any = None,
-                    _registered_method: bool | None = False) -> UnaryUnary:
-        return UnaryUnary(self, "unary_unary", method, request_serializer,
-                          response_deserializer, bool(_registered_method))
-
-    def unary_stream(self, method: str, request_serializer: Any = None,
-                     response_deserializer: Any = None,
-                     _registered_method: bool | None = False) -> UnaryStream:
-        return UnaryStream(self, "unary_stream", method, request_serializer,
-                           response_deserializer, bool(_registered_method))
-
-    def stream_unary(self, method: str, request_serializer: Any = None,
-                     response_deserializer: Any = None,
-                     _registered_method: bool | None = False) -> StreamUnary:
-        return StreamUnary(self, "stream_unary", method, request_serializer,
-                           response_deserializer, bool(_registered_method))
-
-    def stream_stream(self, method: str, request_serializer: Any = None,
-                      response_deserializer: Any = None,
-                      _registered_method: bool | None = False) -> StreamStream:
-        return StreamStream(self, "stream_stream", method, request_serializer,
-                            response_deserializer, bool(_registered_method))
+    _multicallables = (UnaryUnary, UnaryStream, StreamUnary, StreamStream)
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         if try_to_connect and not self._closed:
