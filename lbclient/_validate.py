@@ -46,7 +46,9 @@ def reject_unknown(obj: Mapping[str, Any], path: str, known: set[str]) -> None:
     for key in obj:
         if key not in known:
             allowed = ", ".join(sorted(known))
-            raise ServiceConfigError(join(path, key), f"unknown field (known: {allowed})")
+            # an empty key still needs a visible path
+            raise ServiceConfigError(join(path, key or '""'),
+                                     f"unknown field (known: {allowed})")
 
 
 def get_bool(obj: Mapping[str, Any], key: str, path: str, default: bool) -> bool:

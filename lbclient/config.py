@@ -60,12 +60,17 @@ def parse_service_config(value: str | bytes | Mapping[str, Any] | None) -> Servi
     if value is None:
         value = {}
     if isinstance(value, bytes | bytearray):
-        value = value.decode("utf-8")
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ServiceConfigError("<root>", f"invalid UTF-8: {exc}") from None
     if isinstance(value, str):
         try:
             value = json.loads(value) if value.strip() else {}
         except json.JSONDecodeError as exc:
             raise ServiceConfigError("<root>", f"invalid JSON: {exc}") from None
+        except RecursionError:
+            raise ServiceConfigError("<root>", "invalid JSON: nested too deeply") from None
     obj = expect_object(value, "")
     lb = _parse_lb(obj)
     methods = tuple(

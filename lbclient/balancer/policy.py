@@ -162,10 +162,17 @@ class LbChoice:
         return self.spec.create(self.config, ctx)
 
 
+# Policies nest (a wrapper's childPolicy, a group's children); lists nested deeper than
+# this are refused (Python's recursion limit would be reached a few hundred levels down).
+MAX_NESTING = 32
+
+
 def parse_lb_config_list(value: Any, path: str) -> LbChoice:
     """Parse a ``loadBalancingConfig``-style list (also a wrapper policy's
     ``childPolicy``): the first known policy wins, unknown names are skipped (gRPC's
     rule), a known policy with a bad config is an error, none known is an error."""
+    if path.count("[") >= MAX_NESTING:   # each level adds a list index to the path
+        raise ServiceConfigError(path, f"policies nested more than {MAX_NESTING} levels deep")
     items = expect_list(value, path)
     names: list[str] = []
     for i, item in enumerate(items):

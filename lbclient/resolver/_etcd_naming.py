@@ -45,6 +45,8 @@ def parse_update(key: str, value: bytes) -> Endpoint:
         doc = json.loads(value)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"value is not JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("value is not JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise ValueError("value is not a JSON object")
     addr = doc.get("Addr")

@@ -37,6 +37,8 @@ def parse_endpoints_json(text: str | bytes) -> ResolverState:
         raw = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ServiceConfigError("<root>", f"is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ServiceConfigError("<root>", "is not valid JSON: nested too deeply") from None
     return parse_endpoints_document(raw)
 
 
