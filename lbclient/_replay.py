@@ -4,7 +4,9 @@ gRFC A6 "Memory Management (Buffering)": the messages a call has sent are kept s
 attempt can resend them; once they exceed the per-call limit (gRPC's default is 256 KiB)
 the call is *committed*: the current attempt goes on unbuffered and no further attempt is
 made. A request iterator that raises also commits the call (replaying it would raise
-again).
+again). A channel's calls together hold at most :data:`CHANNEL_LIMIT` (gRPC's
+``grpc.retry_buffer_size`` default, 256 MiB) through a shared :class:`ReplayBudget`: a
+call whose next message would go past it is committed too.
 
 Threading: grpc reads each attempt's requests on a thread of its own, so every method
 takes the lock; the user's iterator is advanced under it, one message at a time, so
@@ -15,11 +17,13 @@ creating a view closes the older ones, and after a commit only the owner may rea
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
 DEFAULT_LIMIT = 256 * 1024
+CHANNEL_LIMIT = 256 * 1024 * 1024
 PULL: Any = object()   # RequestReplay._take: "read the source first"
 
 
@@ -36,11 +40,44 @@ def message_size(message: Any, serializer: Callable[[Any], bytes] | None) -> int
     return 0
 
 
+class ReplayBudget:
+    """Bytes buffered for replay by all the calls of one channel, at most ``limit``.
+    A call takes its share message by message and gives all of it back when it commits
+    or is garbage-collected. Thread-safe."""
+
+    def __init__(self, limit: int = CHANNEL_LIMIT) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
+
+
+def _give_back(budget: ReplayBudget, held: list[int]) -> None:
+    budget.give(held[0])
+    held[0] = 0
+
+
 class RequestReplay:
-    """Buffers ``source`` for replay up to ``limit`` serialized bytes."""
+    """Buffers ``source`` for replay up to ``limit`` serialized bytes (and within the
+    channel's ``budget``, when given)."""
 
     def __init__(self, source: Iterator[Any], limit: int = DEFAULT_LIMIT,
-                 serializer: Callable[[Any], bytes] | None = None) -> None:
+                 serializer: Callable[[Any], bytes] | None = None,
+                 budget: ReplayBudget | None = None) -> None:
+        self._budget = budget
+        self._held = [0]          # bytes taken from the budget (a list: the finalizer's)
+        if budget is not None:
+            weakref.finalize(self, _give_back, budget, self._held)
         self._source = iter(source)
         self._limit = limit
         self._serializer = serializer
@@ -93,6 +130,8 @@ class RequestReplay:
             self._buf.popleft()
             self._base += 1
         self._size = 0
+        if self._budget is not None:
+            _give_back(self._budget, self._held)
 
     def next_for(self, view: ReplayView) -> Any:
         with self._lock:
@@ -143,9 +182,19 @@ class RequestReplay:
         """Under the lock: buffer a message read from the source."""
         self._buf.append(message)
         if self._owner is None:
-            self._size += message_size(message, self._serializer)
-            if self._size > self._limit:
+            size = message_size(message, self._serializer)
+            self._size += size
+            if self._size > self._limit or not self._charge(size):
                 self._commit(self._current)
+
+    def _charge(self, size: int) -> bool:
+        """Take ``size`` bytes from the channel's budget (False: it is spent)."""
+        if self._budget is None:
+            return True
+        if not self._budget.take(size):
+            return False
+        self._held[0] += size
+        return True
 
 
 class ReplayView:

@@ -38,7 +38,7 @@ import grpc
 
 from ._hedge import HedgingFuture
 from ._invoke import CallArgs, Invoker
-from ._replay import DEFAULT_LIMIT, RequestReplay, message_size
+from ._replay import DEFAULT_LIMIT, ReplayBudget, RequestReplay, message_size
 from ._retry_call import with_attempts
 from ._retry_future import RetryingFuture
 from ._retry_state import CallRetry, Invocation
@@ -62,6 +62,7 @@ class Retrier:
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.buffer_limit = buffer_limit
+        self.replay_budget = ReplayBudget()   # every call's replay buffers together
         self.throttle: RetryThrottle | None = None
         self._balancer = balancer
         self._lock = threading.Lock()
@@ -155,7 +156,8 @@ class Retrier:
             return None
         replay = None
         if args.kind.startswith("stream_"):
-            replay = RequestReplay(request, self.buffer_limit, args.ser)
+            replay = RequestReplay(request, self.buffer_limit, args.ser,
+                                   budget=self.replay_budget)
         elif message_size(request, args.ser) > self.buffer_limit:
             return None
         return CallRetry(policy, deadline, throttle=self.throttle, closed=lambda: self.closed,
