@@ -23,7 +23,8 @@ too). Draining through health checking first avoids that; a crash, by contrast, 
 the connection and its calls end UNAVAILABLE, which the retryPolicy covers. The main
 variants set ``panicThreshold: 0``: panic mode (Envoy's rule, default 50%) deliberately
 sends calls to unhealthy - here, draining - endpoints when too few are fit, which defeats
-the drain; the ``file-panic50`` variant of the long form shows what that costs.
+the drain; the ``file-intense-panic50`` run of the long form (4 of 5 backends faulty at
+once, faults every 0.05-0.15 s, default threshold) shows what that costs.
 
 The driver never takes the last healthy backend: a fault starts only if another of the
 five in-process backends is fault-free *and* the channel sees it READY, healthy and not
@@ -54,7 +55,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -83,13 +84,24 @@ OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_back
 KINDS = ("kill", "unhealthy", "errors", "remove", "crash")
 
 
+class Variant(NamedTuple):
+    """One run: its name, the resolver ("file" or "etcd"), the panic threshold, and
+    ``intense``: up to 4 of 5 backends faulty, a new fault every 0.05-0.15 s. The long
+    form's intense run with the default threshold is informational: panic mode then
+    sends calls to draining backends (see the module docstring)."""
+
+    name: str
+    resolver: str
+    panic_threshold: int = 0
+    intense: bool = False
+
+
 @dataclass(frozen=True)
 class Settings:
     duration: float = 40.0            # seconds of chaos per variant
-    # (name, resolver "file" or "etcd", panicThreshold); the default-panic variant is
-    # informational: panic mode sends calls to draining backends (see the notes)
-    variants: tuple[tuple[str, str, int], ...] = (
-        ("file", "file", 0), ("etcd", "etcd", 0), ("file-panic50", "file", 50))
+    variants: tuple[Variant, ...] = (
+        Variant("file", "file"), Variant("etcd", "etcd"),
+        Variant("file-intense-panic50", "file", panic_threshold=50, intense=True))
     threads: int = 8
     pause: float = 0.002              # between one thread's calls
     step: tuple[float, float] = (0.15, 0.35)   # between two new faults
@@ -103,8 +115,8 @@ class Settings:
 
 
 FULL = Settings()
-QUICK = replace(FULL, duration=15.0, variants=(("file", "file", 0),))
-SMOKE = replace(FULL, duration=3.0, variants=(("file", "file", 0),), crash=False)
+QUICK = replace(FULL, duration=15.0, variants=(Variant("file", "file"),))
+SMOKE = replace(FULL, duration=3.0, variants=(Variant("file", "file"),), crash=False)
 
 
 @dataclass
@@ -140,7 +152,6 @@ class _Endpoints:
     """The endpoint set as the resolver sees it: a JSON file (atomic rename) or etcd keys."""
 
     def __init__(self, kind: str, workdir: str) -> None:
-        self.kind = kind
         self.current: list[str] = []
         self.path = os.path.join(workdir, "endpoints.json")
         self.etcd: Any = None
@@ -218,11 +229,10 @@ class _Load:
 class Chaos:
     """One run of one variant. ``run()`` returns the :class:`Report`."""
 
-    def __init__(self, s: Settings, name: str = "file", resolver: str = "file",
-                 panic_threshold: int = 0) -> None:
-        self.s = s
+    def __init__(self, s: Settings, variant: Variant) -> None:
+        self.s = replace(s, max_faults=4, step=(0.05, 0.15)) if variant.intense else s
         self.rng = random.Random(s.seed)
-        self.report = Report(name, resolver, panic_threshold)
+        self.report = Report(variant.name, variant.resolver, variant.panic_threshold)
         self.busy: set[str] = set()            # addresses with a fault in progress
         self.due: list[tuple[float, int, Callable[[], None]]] = []
         self.seq = itertools.count()
@@ -482,7 +492,7 @@ class Chaos:
 
 def run_chaos(s: Settings) -> list[Report]:
     """Every variant of ``s`` in turn."""
-    return [Chaos(s, *variant).run() for variant in s.variants]
+    return [Chaos(s, variant).run() for variant in s.variants]
 
 
 def _section(s: Settings, reports: list[Report]) -> Section:
@@ -490,7 +500,8 @@ def _section(s: Settings, reports: list[Report]) -> Section:
                    "attempts/call", " / ".join(KINDS),
                    "removals checked", "calls in window / after"],
                   caption=f"{s.threads} threads, 5 in-process backends + 1 crashing "
-                          f"child process, faults every {s.step[0]}-{s.step[1]} s")
+                          f"child process, a fault every {s.step[0]}-{s.step[1]} s, up to "
+                          f"{s.max_faults} at once (intense: 0.05-0.15 s, up to 4)")
     section = Section(TITLE, [table])
     for r in reports:
         acts = " / ".join(str(r.actions[k]) for k in KINDS)
