@@ -55,6 +55,12 @@ class Completion:
     def endpoint_closed(self) -> bool:
         return bool(getattr(self._result.candidate.handle, "closed", False))
 
+    def endpoint_retiring(self) -> bool:
+        """The endpoint was removed before this attempt began: its connection closes
+        once its calls end, maybe before this one starts (read after ``begin()``, so a
+        removal ordered after the begin waits for this attempt instead)."""
+        return self._result.candidate.stats.retiring
+
     @property
     def address(self) -> str:
         """The endpoint this attempt was placed on."""
@@ -182,6 +188,9 @@ class Invoker:
         retry layer uses it to avoid endpoints already tried)."""
         for attempt in range(_REPICKS):
             mc, done = self.place(args, metadata, deadline, wait_for_ready, exclude)
+            if done.endpoint_retiring() and attempt < _REPICKS - 1:
+                done.finish(grpc.StatusCode.CANCELLED)   # removed meanwhile: pick again
+                continue
             if on_placed is not None:
                 on_placed(done.address)
             try:
@@ -210,6 +219,9 @@ class Invoker:
         ``on_placed`` is as in :meth:`run`."""
         for attempt in range(_REPICKS):
             mc, done = self.place(args, metadata, deadline, wait_for_ready, exclude)
+            if done.endpoint_retiring() and attempt < _REPICKS - 1:
+                done.finish(grpc.StatusCode.CANCELLED)   # removed meanwhile: pick again
+                continue
             if on_placed is not None:
                 on_placed(done.address)
             try:

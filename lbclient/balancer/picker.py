@@ -73,12 +73,14 @@ class EndpointStats:
     exactly once when it finishes; so ``in_flight`` is exact and returns to 0.
     ``latency_ewma`` is an exponentially weighted mean of call latency in seconds
     (None until the first call); ``peak_ewma`` is the peak-sensitive variant (jumps up
-    at once, decays over ``decay_time``) used by latency-aware policies.
+    at once, decays over ``decay_time``) used by latency-aware policies. ``retiring``
+    becomes True (under the lock) when :meth:`when_idle` is called, i.e. the endpoint was
+    removed: a call that begins afterwards must not start on its closing connection.
     """
 
     __slots__ = ("_lock", "in_flight", "picks", "calls", "failures", "latency_ewma",
                  "peak_ewma", "_peak_stamp", "decay_time", "clock", "_idle_callback",
-                 "_on_end", "__weakref__")
+                 "_on_end", "retiring", "__weakref__")
 
     def __init__(self, clock: Callable[[], float], decay_time: float = 10.0) -> None:
         self._lock = threading.Lock()
@@ -93,6 +95,7 @@ class EndpointStats:
         self.clock = clock
         self._idle_callback: Callable[[], None] | None = None
         self._on_end: list[Callable[[CallOutcome], None]] = []
+        self.retiring = False
 
     def begin(self) -> None:
         with self._lock:
@@ -148,6 +151,7 @@ class EndpointStats:
     def when_idle(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once no call is in flight (now, if none is)."""
         with self._lock:
+            self.retiring = True
             if self.in_flight > 0:
                 self._idle_callback = callback
                 return
