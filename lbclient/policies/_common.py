@@ -21,6 +21,7 @@ from typing import Any
 
 from .._validate import check_number, get_object, get_str, join
 from ..balancer.picker import Candidate, PickInfo
+from ..balancer.policy import Policy, PolicyContext
 from ..errors import ServiceConfigError
 
 Weights = tuple[tuple[str, float], ...]
@@ -121,3 +122,15 @@ def untried_choice(candidates: Sequence[Candidate], info: PickInfo,
         return candidates[idx[min(int(rng.random() * len(idx)), len(idx) - 1)]]
     sampler = WeightedSampler([weights[i] for i in idx])
     return candidates[idx[sampler.index(rng)]]
+
+
+class WeightedPolicy(Policy):
+    """Base of the policies whose config has a per-address ``weights`` map: it overrides
+    discovery weights through ``endpoint_weight``. Subclasses add ``build_picker``."""
+
+    def __init__(self, config: Any, ctx: PolicyContext) -> None:
+        super().__init__(config, ctx)
+        self._weights = dict(config.weights)
+
+    def endpoint_weight(self, candidate: Candidate) -> float:
+        return weight_of(self._weights, candidate)

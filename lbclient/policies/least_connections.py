@@ -26,8 +26,8 @@ from typing import Any
 
 from .._validate import expect_object, reject_unknown
 from ..balancer.picker import Candidate, PickInfo, PickResult
-from ..balancer.policy import Policy, PolicyContext, PolicySpec, register_policy
-from ._common import WeightedSampler, Weights, parse_weights, weight_of
+from ..balancer.policy import PolicySpec, register_policy
+from ._common import WeightedPolicy, WeightedSampler, Weights, parse_weights
 
 NAME = "least_connections"
 _RESCANS = 8
@@ -86,15 +86,8 @@ class LeastConnectionsPicker:
         return PickResult(c, counted=True)
 
 
-class LeastConnections(Policy):
+class LeastConnections(WeightedPolicy):
     config: Config
-
-    def __init__(self, config: Config, ctx: PolicyContext) -> None:
-        super().__init__(config, ctx)
-        self._weights = dict(config.weights)
-
-    def endpoint_weight(self, candidate: Candidate) -> float:
-        return weight_of(self._weights, candidate)
 
     def build_picker(self, candidates: Sequence[Candidate]) -> LeastConnectionsPicker:
         return LeastConnectionsPicker(candidates, self.ctx.rng)

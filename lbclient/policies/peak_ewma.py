@@ -34,8 +34,8 @@ from typing import Any
 
 from .._validate import expect_object, get_duration, reject_unknown
 from ..balancer.picker import Candidate, PickInfo, PickResult
-from ..balancer.policy import Policy, PolicyContext, PolicySpec, register_policy
-from ._common import Weights, parse_weights, untried_choice, weight_of
+from ..balancer.policy import PolicySpec, register_policy
+from ._common import WeightedPolicy, Weights, parse_weights, untried_choice
 
 NAME = "peak_ewma"
 DEFAULT_DECAY = 10.0
@@ -95,15 +95,8 @@ class PeakEwmaPicker:
         return cost_a <= cost_b
 
 
-class PeakEwma(Policy):
+class PeakEwma(WeightedPolicy):
     config: Config
-
-    def __init__(self, config: Config, ctx: PolicyContext) -> None:
-        super().__init__(config, ctx)
-        self._weights = dict(config.weights)
-
-    def endpoint_weight(self, candidate: Candidate) -> float:
-        return weight_of(self._weights, candidate)
 
     def build_picker(self, candidates: Sequence[Candidate]) -> PeakEwmaPicker:
         for c in candidates:

@@ -19,8 +19,8 @@ from typing import Any
 
 from .._validate import expect_object, reject_unknown
 from ..balancer.picker import Candidate, PickInfo, PickResult
-from ..balancer.policy import Policy, PolicyContext, PolicySpec, register_policy
-from ._common import WeightedSampler, Weights, parse_weights, untried_choice, weight_of
+from ..balancer.policy import PolicySpec, register_policy
+from ._common import WeightedPolicy, WeightedSampler, Weights, parse_weights, untried_choice
 
 NAME = "random"
 
@@ -52,15 +52,8 @@ class RandomPicker:
         return PickResult(c)
 
 
-class RandomPolicy(Policy):
+class RandomPolicy(WeightedPolicy):
     config: Config
-
-    def __init__(self, config: Config, ctx: PolicyContext) -> None:
-        super().__init__(config, ctx)
-        self._weights = dict(config.weights)
-
-    def endpoint_weight(self, candidate: Candidate) -> float:
-        return weight_of(self._weights, candidate)
 
     def build_picker(self, candidates: Sequence[Candidate]) -> RandomPicker:
         return RandomPicker(candidates, self.ctx.rng)
