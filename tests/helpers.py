@@ -29,3 +29,11 @@ def wait_ready(channel: lbclient.LoadBalancedChannel, n: int, timeout: float = 1
 
 def code_of(exc: BaseException) -> grpc.StatusCode | None:
     return exc.code() if isinstance(exc, grpc.Call) else None
+
+
+def set_in_flight(stats: lbclient.EndpointStats, n: int) -> None:
+    """Make ``stats.in_flight`` equal ``n`` (to build picker states in unit tests)."""
+    while stats.in_flight < n:
+        stats.begin()
+    while stats.in_flight > n:
+        stats._active.pop()   # an in-flight token, without counting a finished call

@@ -9,7 +9,7 @@ import asyncio
 import collections
 
 import pytest
-from helpers import wait_until
+from helpers import set_in_flight, wait_until
 from test_policy_support import (
     POLICY_CONFIGS,
     REQ,
@@ -99,7 +99,7 @@ def test_retry_never_reuses_a_tried_endpoint_while_another_is_left(name: str) ->
         r = picker.pick(info(f"key-{i % 13}", header, tried))
         assert r.candidate.address not in tried
         if r.counted:
-            r.candidate.stats.in_flight -= 1
+            set_in_flight(r.candidate.stats, r.candidate.stats.in_flight - 1)
     everything = {c.address for c in cands}
     r = picker.pick(info("k", header, everything))  # all tried: any eligible one
     assert r.candidate.address in everything

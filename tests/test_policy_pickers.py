@@ -10,6 +10,7 @@ import random
 import threading
 
 import pytest
+from helpers import set_in_flight
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_policy_support import (
@@ -40,7 +41,7 @@ def test_never_returns_an_ineligible_endpoint(name: str, data: st.DataObject) ->
                      label="eligible")
     eligible = [c for c, ok in zip(every, mask, strict=True) if ok]
     for c in every:
-        c.stats.in_flight = data.draw(st.integers(0, 4))
+        set_in_flight(c.stats, data.draw(st.integers(0, 4)))
     policy = make_policy(name, POLICY_CONFIGS[name], seed=data.draw(st.integers(0, 99)))
     policy.endpoints_changed([c.endpoint for c in every])   # the resolver knows them all
     picker = policy.build_picker([c.with_weight(policy.endpoint_weight(c)) for c in eligible])
@@ -142,12 +143,13 @@ def test_wrr_retry_skips_tried_endpoint() -> None:
 def test_least_connections_seed_example() -> None:
     cands = candidates(3, [5, 2, 3])
     for c, n in zip(cands, [5, 3, 4], strict=True):
-        c.stats.in_flight = n
+        set_in_flight(c.stats, n)
     picker = make_policy("least_connections").build_picker(cands)
     for _ in range(20):  # scores 1.0 / 1.5 / 1.33: always A
         r = picker.pick(info())
         assert r.candidate is cands[0] and r.counted
-        r.candidate.stats.in_flight -= 1  # undo the pick-time count
+        # undo the pick-time count
+        set_in_flight(r.candidate.stats, r.candidate.stats.in_flight - 1)
 
 
 def test_least_connections_counts_at_pick_time_under_8_threads() -> None:
@@ -165,7 +167,8 @@ def test_least_connections_ties_are_not_always_the_first() -> None:
     for _ in range(3000):
         r = picker.pick(info())
         firsts[r.candidate.address] += 1
-        r.candidate.stats.in_flight -= 1  # stay idle: every pick is a 4-way tie
+        # stay idle: every pick is a 4-way tie
+        set_in_flight(r.candidate.stats, r.candidate.stats.in_flight - 1)
     assert len(firsts) == 4
     assert abs(firsts["10.0.0.4:50051"] / 3000 - 0.5) < 0.05  # ties follow weight
 
@@ -180,7 +183,8 @@ def test_least_connections_retry_avoids_tried() -> None:
 # ------------------------------------------------------------------ least request
 def test_least_request_power_of_two_choices_shares() -> None:
     cands = candidates(3)
-    cands[1].stats.in_flight = cands[2].stats.in_flight = 5
+    set_in_flight(cands[1].stats, 5)
+    set_in_flight(cands[2].stats, 5)
     for choices, expected in ((2, 1 - (2 / 3) ** 2), (5, 1 - (2 / 3) ** 5)):
         picker = make_policy("least_request", {"choiceCount": choices}).build_picker(cands)
         share = counts(picker, 20000)["10.0.0.1:50051"] / 20000
@@ -196,7 +200,7 @@ def test_least_request_unequal_weights_idle_follow_weight() -> None:
 
 def test_least_request_bias_steers_toward_idle() -> None:
     cands = candidates(2, [1, 3])
-    cands[1].stats.in_flight = 9
+    set_in_flight(cands[1].stats, 9)
     shares = {}
     for bias in (0.0, 1.0, 4.0):
         picker = make_policy("least_request", {"activeRequestBias": bias}).build_picker(cands)
@@ -231,7 +235,8 @@ def test_peak_ewma_prefers_fast_and_weighs_queueing() -> None:
     policy = make_policy("peak_ewma", clock=clock)
     picker = policy.build_picker(cands)
     assert counts(picker, 3000)["10.0.0.2:50051"] == 0  # 20x slower never wins a duel
-    cands[0].stats.in_flight = cands[2].stats.in_flight = 30  # 0.01 x 31 > 0.2 x 1
+    set_in_flight(cands[0].stats, 30)  # 0.01 x 31 > 0.2 x 1
+    set_in_flight(cands[2].stats, 30)
     share = counts(picker, 3000)["10.0.0.2:50051"] / 3000
     assert 0.6 < share < 0.73  # it now wins every duel it is in: 2 of the 3 pairs
 
@@ -244,9 +249,10 @@ def test_peak_ewma_newcomer_is_neutral_and_decay_time_is_applied() -> None:
     picker = policy.build_picker(cands)
     assert cands[0].stats.decay_time == 2.0
     # No sample for the newcomer: it gets the other's estimate, in-flight decides.
-    cands[0].stats.in_flight = 1
+    set_in_flight(cands[0].stats, 1)
     assert counts(picker, 200)["10.0.0.2:50051"] == 200
-    cands[0].stats.in_flight, cands[1].stats.in_flight = 0, 1
+    set_in_flight(cands[0].stats, 0)
+    set_in_flight(cands[1].stats, 1)
     assert counts(picker, 200)["10.0.0.1:50051"] == 200
 
 

@@ -7,6 +7,7 @@ import collections
 import random
 
 import pytest
+from helpers import set_in_flight
 from test_policy_support import (
     METHOD,
     ManualClock,
@@ -132,7 +133,7 @@ def test_single_endpoint(name: str) -> None:
         r = picker.pick(info())
         assert r.candidate is cands[0]
         if r.counted:
-            r.candidate.stats.in_flight -= 1
+            set_in_flight(r.candidate.stats, r.candidate.stats.in_flight - 1)
 
 
 def test_peak_ewma_cost_is_divided_by_weight() -> None:
@@ -141,14 +142,16 @@ def test_peak_ewma_cost_is_divided_by_weight() -> None:
     for c in cands:
         c.stats.begin()
         c.stats.end(CallOutcome("OK", 0.050), False)
-    cands[0].stats.in_flight, cands[1].stats.in_flight = 2, 5  # 0.05*3/1 > 0.05*6/4
+    set_in_flight(cands[0].stats, 2)
+    set_in_flight(cands[1].stats, 5)  # 0.05*3/1 > 0.05*6/4
     picker = make_policy("peak_ewma", clock=clock).build_picker(cands)
     assert counts(picker, 100) == {cands[1].address: 100}
 
 
 def test_least_request_choice_count_ten_nearly_always_finds_the_idle_one() -> None:
     cands = candidates(3)
-    cands[0].stats.in_flight = cands[1].stats.in_flight = 3
+    set_in_flight(cands[0].stats, 3)
+    set_in_flight(cands[1].stats, 3)
     picker = make_policy("least_request", {"choiceCount": 25}).build_picker(cands)
     share = counts(picker, 5000)[cands[2].address] / 5000
     assert abs(share - (1 - (2 / 3) ** 10)) < 0.01  # clamped to 10 samples
@@ -183,7 +186,7 @@ def test_least_connections_rescans_when_counters_move_under_it() -> None:
     clock = ManualClock()
     cands = candidates(2, clock=clock)
     cands[0] = Candidate(cands[0].endpoint, 1, Racing(clock), None)
-    cands[1].stats.in_flight = 1
+    set_in_flight(cands[1].stats, 1)
     picker = make_policy("least_connections").build_picker(cands)
     r = picker.pick(info())  # scans: A (0) wins, loses the race, rescans: 1 vs 1
     assert r.counted and cands[0].stats.raced  # type: ignore[attr-defined]

@@ -183,7 +183,7 @@ class Balancer(EndpointFitness):
                         rec.endpoint = endpoint
                     continue
                 rec = EndpointRecord(endpoint, EndpointStats(self._clock), now, self._clock)
-                rec.stats.add_end_listener(self._window_feeder(rec))
+                rec.stats.window = rec.window
                 if self._health_config is not None:
                     rec.tracker = HealthTracker(self._health_config)
                 self._records[address] = rec
@@ -212,11 +212,6 @@ class Balancer(EndpointFitness):
             if not self._records:
                 self._rebuild_locked()
         self._after_change()
-
-    def _window_feeder(self, rec: EndpointRecord) -> Callable[[Any], None]:
-        def feed(outcome: Any) -> None:
-            rec.window.add(outcome.code in self.failure_codes)
-        return feed
 
     def _state_callback(self, rec: EndpointRecord) -> Callable[[Connectivity], None]:
         def on_state(state: Connectivity) -> None:

@@ -8,11 +8,13 @@ outlives a picker (in-flight counts, latency EWMA, session tables) lives in
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..endpoint import Endpoint
 from ..errors import LbclientError
@@ -51,10 +53,13 @@ class PickInfo:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class CallOutcome:
+class CallOutcome(NamedTuple):
     """How one RPC attempt ended. ``code`` is the gRPC status code name ("OK",
-    "UNAVAILABLE", "CANCELLED", ...); ``latency`` is seconds from pick to end."""
+    "UNAVAILABLE", "CANCELLED", ...); ``latency`` is seconds from pick to end.
+
+    Metadata is read (it costs a lock per call in grpc) only when the pick asked for it
+    with :attr:`PickResult.wants_metadata`, and for failed attempts; otherwise both are
+    empty. An immutable tuple (cheap to make once per call)."""
 
     code: str
     latency: float
@@ -66,57 +71,87 @@ class CallOutcome:
         return self.code == "OK"
 
 
+def _count_of(counter: itertools.count[int]) -> int:
+    """The next value of an ``itertools.count`` without advancing it (visibility only)."""
+    text = repr(counter)             # "count(42)"
+    return int(text[6:-1])
+
+
 class EndpointStats:
-    """Per-endpoint counters shared by every picker and the channel (thread-safe).
+    """Per-endpoint counters shared by every picker and the channel.
 
     The channel calls :meth:`begin` when a call is placed on the endpoint and :meth:`end`
-    exactly once when it finishes; so ``in_flight`` is exact and returns to 0.
+    exactly once when it finishes, so ``in_flight`` is exact and returns to 0.
     ``latency_ewma`` is an exponentially weighted mean of call latency in seconds
     (None until the first call); ``peak_ewma`` is the peak-sensitive variant (jumps up
     at once, decays over ``decay_time``) used by latency-aware policies. ``retiring``
-    becomes True (under the lock) when :meth:`when_idle` is called, i.e. the endpoint was
-    removed: a call that begins afterwards must not start on its closing connection.
+    becomes True when :meth:`when_idle` is called, i.e. the endpoint was removed: a call
+    that begins afterwards must not start on its closing connection.
+
+    Threading: the per-call methods take no lock. In-flight calls are tokens in a deque
+    and counters are ``itertools.count`` objects, whose appends, pops and increments are
+    atomic in CPython; the latency averages are plain stores, so two calls ending at the
+    same instant may each count as the last sample (harmless for an average).
+    :meth:`try_begin` and :meth:`when_idle` take a small lock.
     """
 
-    __slots__ = ("_lock", "in_flight", "picks", "calls", "failures", "latency_ewma",
+    __slots__ = ("_lock", "_active", "_picks", "_calls", "_failures", "latency_ewma",
                  "peak_ewma", "_peak_stamp", "decay_time", "clock", "_idle_callback",
-                 "_on_end", "retiring", "__weakref__")
+                 "_on_end", "retiring", "window", "__weakref__")
 
     def __init__(self, clock: Callable[[], float], decay_time: float = 10.0) -> None:
         self._lock = threading.Lock()
-        self.in_flight = 0
-        self.picks = 0
-        self.calls = 0
-        self.failures = 0
+        self._active: deque[None] = deque()
+        self._picks = itertools.count()
+        self._calls = itertools.count()
+        self._failures = itertools.count()
         self.latency_ewma: float | None = None
         self.peak_ewma: float | None = None
         self._peak_stamp = 0.0
         self.decay_time = decay_time
         self.clock = clock
         self._idle_callback: Callable[[], None] | None = None
-        self._on_end: list[Callable[[CallOutcome], None]] = []
+        self._on_end: tuple[Callable[[CallOutcome], None], ...] = ()
         self.retiring = False
+        # Recent calls and failures (``RecentWindow``-like: ``add(failed, now)``), if any.
+        self.window: Any = None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._active)
+
+    @property
+    def picks(self) -> int:
+        return _count_of(self._picks)
+
+    @property
+    def calls(self) -> int:
+        return _count_of(self._calls)
+
+    @property
+    def failures(self) -> int:
+        return _count_of(self._failures)
 
     def begin(self) -> None:
-        with self._lock:
-            self.in_flight += 1
-            self.picks += 1
+        self._active.append(None)
+        next(self._picks)
 
     def try_begin(self, expected_in_flight: int) -> bool:
         """:meth:`begin`, but only if ``in_flight`` still equals ``expected_in_flight``
         (an atomic compare-and-increment for pickers that count at pick time, so two
-        concurrent picks cannot both take the endpoint they saw least loaded)."""
+        concurrent picks cannot both take the endpoint they saw least loaded; every
+        begin of such an endpoint goes through here)."""
         with self._lock:
-            if self.in_flight != expected_in_flight:
+            if len(self._active) != expected_in_flight:
                 return False
-            self.in_flight += 1
-            self.picks += 1
-            return True
+            self._active.append(None)
+        next(self._picks)
+        return True
 
     def peak_ewma_at(self, now: float) -> float | None:
         """``peak_ewma`` decayed toward 0 over the time since its last sample (tower's
         read-time decay: an endpoint that got no call for a while is tried again); None
-        before the first call. A lock-free read."""
+        before the first call."""
         peak, stamp = self.peak_ewma, self._peak_stamp
         if peak is None:
             return None
@@ -124,35 +159,51 @@ class EndpointStats:
 
     def end(self, outcome: CallOutcome, failure: bool) -> None:
         """Record a finished call. ``failure`` is the caller's classification."""
+        self.record(outcome.latency, failure)
+        for fn in self._on_end:
+            fn(outcome)
+
+    def record(self, latency: float, failure: bool) -> None:
+        """:meth:`end` without an outcome for the end listeners (the channel's path when
+        nobody listens)."""
+        self._active.pop()
+        next(self._calls)
+        if failure:
+            next(self._failures)
+        lat = latency if latency > 0.0 else 0.0
+        ewma = self.latency_ewma
+        self.latency_ewma = lat if ewma is None else 0.8 * ewma + 0.2 * lat
+        peak = self.peak_ewma
         now = self.clock()
+        if peak is None or lat > peak:
+            self.peak_ewma = lat
+        else:
+            w = math.exp(-max(now - self._peak_stamp, 0.0) / self.decay_time)
+            self.peak_ewma = peak * w + lat * (1.0 - w)
+        self._peak_stamp = now
+        window = self.window
+        if window is not None:
+            window.add(failure, now)
+        if self._idle_callback is not None:
+            self._run_idle()
+
+    def _run_idle(self) -> None:
         with self._lock:
-            self.in_flight -= 1
-            self.calls += 1
-            if failure:
-                self.failures += 1
-            lat = max(outcome.latency, 0.0)
-            self.latency_ewma = lat if self.latency_ewma is None else (
-                0.8 * self.latency_ewma + 0.2 * lat)
-            if self.peak_ewma is None or lat > self.peak_ewma:
-                self.peak_ewma = lat
-            else:
-                w = math.exp(-max(now - self._peak_stamp, 0.0) / self.decay_time)
-                self.peak_ewma = self.peak_ewma * w + lat * (1.0 - w)
-            self._peak_stamp = now
-            idle = self._idle_callback if self.in_flight == 0 else None
+            idle = self._idle_callback if not self._active else None
             if idle is not None:
                 self._idle_callback = None
-            listeners = tuple(self._on_end)
-        for fn in listeners:
-            fn(outcome)
         if idle is not None:
             idle()
+
+    @property
+    def has_end_listeners(self) -> bool:
+        return bool(self._on_end)
 
     def when_idle(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once no call is in flight (now, if none is)."""
         with self._lock:
             self.retiring = True
-            if self.in_flight > 0:
+            if self._active:
                 self._idle_callback = callback
                 return
         callback()
@@ -160,7 +211,7 @@ class EndpointStats:
     def add_end_listener(self, fn: Callable[[CallOutcome], None]) -> None:
         """``fn(outcome)`` after every call that ends on this endpoint (any thread)."""
         with self._lock:
-            self._on_end.append(fn)
+            self._on_end = (*self._on_end, fn)
 
 
 class Candidate:
@@ -170,7 +221,7 @@ class Candidate:
     applied). ``handle`` is opaque to policies: the channel's connection for the endpoint.
     """
 
-    __slots__ = ("endpoint", "address", "weight", "stats", "handle")
+    __slots__ = ("endpoint", "address", "weight", "stats", "handle", "result")
 
     def __init__(self, endpoint: Endpoint, weight: float, stats: EndpointStats,
                  handle: Any) -> None:
@@ -179,6 +230,7 @@ class Candidate:
         self.weight = weight
         self.stats = stats
         self.handle = handle
+        self.result = PickResult(self)   # the plain pick of this candidate, made once
 
     def with_weight(self, weight: float) -> Candidate:
         return Candidate(self.endpoint, weight, self.stats, self.handle)
@@ -198,6 +250,9 @@ class PickResult:
     # that must count the call at pick time, e.g. least connections); the channel then
     # does not call it again. ``end()`` is always the channel's.
     counted: bool = False
+    # True when ``on_done`` reads the outcome's metadata (load reports, affinity
+    # headers): the channel then reads it for successful calls too, at some cost.
+    wants_metadata: bool = False
 
 
 class Picker(Protocol):
