@@ -110,11 +110,13 @@ class Clock:
 
 
 def _stress_balancer(policy_raw: dict[str, Any], seconds: float, seed: int, *,
-                     driver_outcomes: bool = False) -> dict[str, int]:
+                     driver_outcomes: bool = False, min_ejections: int = 0) -> dict[str, int]:
     """16 picker threads against one driver thread making every change. With
     ``driver_outcomes`` only the driver reports call outcomes (failures that eject, via
     outlier detection) and runs the ejection sweeps on a fake clock, so every change,
-    ejections included, is made - and numbered - by the driver."""
+    ejections included, is made - and numbered - by the driver. The churn runs for
+    ``seconds``, and on (up to 10 s more) until ``min_ejections`` ejections were seen, so
+    a busy machine does not make it fail."""
     rng = random.Random(seed)
     factory, health, clock = Factory(), HealthFactory(), Clock()
     bal = Balancer(factory, health_factory=health, scheduler=NoTimers(), rng=random.Random(1),
@@ -168,8 +170,12 @@ def _stress_balancer(policy_raw: dict[str, Any], seconds: float, seed: int, *,
     for t in threads:
         t.start()
     end = time.monotonic() + seconds
+    hard_end = end + 10.0
     try:
-        while time.monotonic() < end:
+        while True:
+            now = time.monotonic()
+            if now >= hard_end or (now >= end and len(ejections) >= min_ejections):
+                break
             what = rng.random()
             if driver_outcomes and what < 0.3:
                 _fail_or_sweep(bal, clock, rng)
@@ -244,7 +250,7 @@ def test_sixteen_threads_while_outlier_detection_ejects_and_readmits() -> None:
         {"outlier_detection": {"consecutiveFailures": 2, "baseEjectionTime": "1s",
                                "interval": "0.5s", "maxEjectionPercent": 100,
                                "childPolicy": [{"round_robin": {}}]}},
-        seconds=1.0, seed=3, driver_outcomes=True)
+        seconds=1.0, seed=3, driver_outcomes=True, min_ejections=6)
     assert counts["picks"] > 100 and counts["ejections"] > 5, counts
 
 
