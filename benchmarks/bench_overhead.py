@@ -3,8 +3,11 @@
 Variants, each over the same 3 fake backends running in a separate process:
   * ``raw``: ``grpc.insecure_channel`` to one backend (no balancing at all);
   * ``native round_robin``: grpcio's own round_robin over ``ipv4:a,b,c``;
-  * ``lbclient <policy>`` for round_robin, least_request, ring_hash, peak_ewma (the ones
-    registered; missing ones are listed as skipped).
+  * ``lbclient <policy>`` for round_robin, least_request, ring_hash, peak_ewma and
+    outlier_detection over round_robin (the ones registered; missing ones are listed as
+    skipped);
+  * ``lbclient round_robin + retryPolicy``: a retryPolicy (and retryThrottling) on the
+    method, nothing failing: what configuring retries costs a call that succeeds.
 
 Method: for each thread count, every repetition runs every variant once in rotated order
 (interleaved). A cell opens its channel, warms it up (reaching every backend), makes the
@@ -51,14 +54,27 @@ POLICIES: dict[str, dict[str, Any]] = {
     "least_request": {},
     "ring_hash": {"requestHashHeader": HASH_HEADER},
     "peak_ewma": {},
+    "outlier_detection": {"consecutiveFailures": 5,
+                          "failurePercentageEjection": {},
+                          "childPolicy": [{"round_robin": {}}]},
 }
+RETRY_CONFIG: dict[str, Any] = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{"name": [{"service": "lbclient.testing.echo.v1.Echo"}],
+                      "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.01s",
+                                      "maxBackoff": "0.1s", "backoffMultiplier": 2,
+                                      "retryableStatusCodes": ["UNAVAILABLE"]}}],
+    "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+}
+GOAL_RETRY_CPU = 1.10  # ... with a retryPolicy configured, nothing failing
+GOAL_POLICY_CPU = 1.10  # least_request, ring_hash, outlier_detection vs lbclient round_robin
 GOAL_THROUGHPUT = 0.97  # lbclient round_robin calls/s >= 0.97 x native round_robin
 GOAL_CPU = 1.05  # lbclient round_robin CPU per call <= 1.05 x raw channel
 
 
 @dataclass(frozen=True)
 class Settings:
-    threads: tuple[int, ...] = (1, 8)
+    threads: tuple[int, ...] = (1, 4, 8)
     reps: int = 9
     cell_seconds: float = 1.0  # target wall time of one measured cell
     min_calls: int = 200
@@ -119,6 +135,10 @@ def variants(policies: Sequence[str], notes: list[str]) -> list[Variant]:
         out.append(Variant(f"lbclient {name}", f"lbclient_{name}",
                            lambda a, c=config: lbclient.insecure_channel(
                                "ipv4:" + ",".join(a), service_config=c), 3))
+        if name == "round_robin":
+            out.append(Variant("lbclient round_robin + retryPolicy", "lbclient_rr_retry",
+                               lambda a: lbclient.insecure_channel(
+                                   "ipv4:" + ",".join(a), service_config=RETRY_CONFIG), 3))
     return out
 
 
@@ -177,8 +197,8 @@ def measure(settings: Settings) -> Section:
             section.tables.append(table)
             goal_rows += goals
     section.tables.insert(0, Table(
-        ["threads", "lbclient round_robin calls/s ÷ native", f"goal ≥ {GOAL_THROUGHPUT}",
-         "lbclient round_robin CPU/call ÷ raw", f"goal ≤ {GOAL_CPU}"],
+        ["threads", "variant", "calls/s ÷ native rr", f"goal ≥ {GOAL_THROUGHPUT}",
+         "client CPU/call ratio", "goal"],
         goal_rows, "Goals (median of paired per-repetition ratios, min–max in brackets)"))
     section.notes = notes + _method_notes(settings)
     return section
@@ -210,9 +230,25 @@ def _tables(vs: list[Variant], cells: dict[str, list[Cell]], threads: int, calls
         metrics[f"{key}.errors"] = float(errors)
         if v.slug == "lbclient_round_robin":
             t, c = summarize(thr).median, summarize(cpr).median
-            goals.append([str(threads), _ratio_cell(thr),
+            goals.append([str(threads), "lbclient round_robin", _ratio_cell(thr),
                           "met" if t >= GOAL_THROUGHPUT else "**not met**",
-                          _ratio_cell(cpr), "met" if c <= GOAL_CPU else "**not met**"])
+                          _ratio_cell(cpr), f"≤ {GOAL_CPU} × raw: "
+                          + ("met" if c <= GOAL_CPU else "**not met**")])
+    base = cpu.get("lbclient_round_robin")
+    for v in vs:
+        if base is None or v.slug in ("raw", "native_round_robin", "lbclient_round_robin"):
+            continue
+        if v.slug == "lbclient_rr_retry":
+            ratios, goal, what = paired_ratios(cpu[v.slug], cpu["raw"]), GOAL_RETRY_CPU, "raw"
+        else:
+            ratios, goal, what = paired_ratios(cpu[v.slug], base), GOAL_POLICY_CPU, "rr"
+        if not ratios or v.slug == "lbclient_peak_ewma":
+            continue
+        c = summarize(ratios).median
+        metrics[f"t{threads}.{v.slug}.cpu_vs_{what}"] = c
+        goals.append([str(threads), v.name, "", "", _ratio_cell(ratios),
+                      f"≤ {goal} × {'raw' if what == 'raw' else 'lbclient rr'}: "
+                      + ("met" if c <= goal else "**not met**")])
     return table, goals
 
 
