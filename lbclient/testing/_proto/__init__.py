@@ -1,1 +1,2 @@
-"""Generated Echo protobuf/grpc modules. Do not edit; run scripts/gen_protos.sh."""
+"""Generated protobuf/grpc modules of lbclient.testing (Echo here, the gRPC interop test
+service in ``interop``). Do not edit; run scripts/gen_protos.sh."""
