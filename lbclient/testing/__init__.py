@@ -4,6 +4,10 @@
 the ``lbclient.testing.echo.v1.Echo`` service (``echo_pb2`` / ``echo_pb2_grpc``) and, unless
 ``health=False``, grpc.health.v1 Health. Pytest fixtures: ``lbclient.testing.pytest_plugin``.
 A fleet in a separate process: ``python -m lbclient.testing serve --count 3``.
+
+``InteropFleet(n)`` starts ``n`` gRPC interop test servers (``grpc.testing.TestService``,
+``lbclient.testing.interop``); their stubs and messages are ``interop_test_pb2_grpc``,
+``interop_messages_pb2`` and ``interop_empty_pb2``.
 """
 
 from lbclient.testing._backend import (
@@ -15,6 +19,10 @@ from lbclient.testing._backend import (
 )
 from lbclient.testing._fleet import Fleet
 from lbclient.testing._proto import echo_pb2, echo_pb2_grpc
+from lbclient.testing._proto.interop import empty_pb2 as interop_empty_pb2
+from lbclient.testing._proto.interop import messages_pb2 as interop_messages_pb2
+from lbclient.testing._proto.interop import test_pb2_grpc as interop_test_pb2_grpc
+from lbclient.testing.interop import InteropFleet, InteropServer
 
 __all__ = [
     "NOT_SERVING",
@@ -23,6 +31,11 @@ __all__ = [
     "Backend",
     "Fleet",
     "HealthStatus",
+    "InteropFleet",
+    "InteropServer",
     "echo_pb2",
     "echo_pb2_grpc",
+    "interop_empty_pb2",
+    "interop_messages_pb2",
+    "interop_test_pb2_grpc",
 ]
