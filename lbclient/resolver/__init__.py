@@ -1,16 +1,35 @@
-"""Service discovery: targets, resolver contract and the scheme registry."""
+"""Service discovery: targets, resolver contract and the scheme registry.
 
-from .base import (
-    Resolver,
-    ResolverListener,
-    ResolverState,
-    Target,
+:mod:`.base` is the contract (``Target``, ``ResolverState``, ``Resolver``,
+``ResolverListener``), :mod:`.registry` the scheme registry built on it
+(``register_resolver``, ``registered_schemes``, ``parse_target``, ``validate_target``,
+``create_resolver``); one module per source (static, dns, file, etcd) registers its
+schemes when imported, and this package imports them all, so the built-in schemes are
+known as soon as anything from ``lbclient.resolver`` is.
+"""
+
+from . import base
+from .base import Resolver, ResolverListener, ResolverState, Target
+from .registry import (
     create_resolver,
     parse_target,
     register_resolver,
     registered_schemes,
     validate_target,
 )
+
+# TRANSITIONAL: the registry's functions used to live in .base, and some modules still
+# import them from there (channel.py, _channel_common.py, aio/__init__.py,
+# aio/_channel.py, cli/probe.py, resolver/etcd.py). .base must not import .registry (that
+# was the import cycle), so the package lends them to it until those importers use
+# lbclient.resolver (or .registry); then delete this loop. It must run before the
+# resolver modules below are imported.
+for _name in ("create_resolver", "parse_target", "register_resolver", "registered_schemes",
+              "validate_target"):
+    setattr(base, _name, globals()[_name])
+del _name
+
+from . import dns, etcd, file, static  # noqa: E402,F401 - registers the built-in schemes
 
 __all__ = [
     "Resolver",

@@ -40,7 +40,8 @@ from ._dns_lookup import ServerLookup, have_dnspython, system_lookup
 from ._txt_config import choose_service_config, txt_name
 from ._worker import Worker
 from .address import join_host_port, split_host_port
-from .base import Resolver, ResolverListener, ResolverState, Target, register_resolver
+from .base import Resolver, ResolverListener, ResolverState, Target
+from .registry import register_resolver
 
 log = logging.getLogger("lbclient.resolver.dns")
 

@@ -30,7 +30,8 @@ from ..errors import InvalidTargetError, ResolverError, ServiceConfigError
 from . import _options
 from ._file_format import parse_endpoints_json
 from ._worker import Worker
-from .base import Resolver, ResolverListener, ResolverState, Target, register_resolver
+from .base import Resolver, ResolverListener, ResolverState, Target
+from .registry import register_resolver
 
 log = logging.getLogger("lbclient.resolver.file")
 

@@ -14,7 +14,8 @@ from typing import Any
 from ..endpoint import Endpoint
 from ..errors import InvalidTargetError, ResolverError
 from .address import check_ip, join_host_port, split_host_port
-from .base import Resolver, ResolverListener, ResolverState, Target, register_resolver
+from .base import Resolver, ResolverListener, ResolverState, Target
+from .registry import register_resolver
 
 
 def _parts(target: Target) -> list[str]:
