@@ -17,7 +17,7 @@ from lbclient import ServiceConfigError, simulate
 from lbclient.cli import main
 from lbclient.config import HealthCheckConfig
 from lbclient.connectivity import Connectivity
-from lbclient.simulate import analysis, text
+from lbclient.simulate import analysis, report, text
 from lbclient.simulate.backend import SimBackend, SimChecker, SimConnection
 from lbclient.simulate.clock import EventLoop
 from lbclient.simulate.scenario import BackendSpec, Fault
@@ -151,13 +151,13 @@ def test_comparison_columns_follow_the_scenario() -> None:
     rows = r.comparison()
     assert [row["policy"] for row in rows] == ["round_robin", "random"]
     assert not ({"detection_delay", "moved"} & set(rows[0]))
-    headers, cells = text.comparison_rows(rows)
+    headers, cells = report.comparison_rows(rows)
     assert headers[-1] == "mean wait" and len(cells) == 2
     assert "== comparison" in r.format_text()
     faulty = one_report(backends=[{"replicas": 2, "faults": [{"kind": "down", "start": 1,
                                                               "end": 1.5}]}],
                         policies=["round_robin", "random"])
-    headers, _ = text.comparison_rows(faulty.comparison())
+    headers, _ = report.comparison_rows(faulty.comparison())
     assert "detected after" in headers and "keys moved" not in headers
 
 
@@ -345,5 +345,5 @@ def test_cli_policy_list_tolerates_spaces_and_empty_items(
 
 
 def test_a_run_without_failures_says_so() -> None:
-    body = text.format_run(one_report().runs[0], timing=False)
+    body = report.format_run(one_report().runs[0], timing=False)
     assert "failed 0 (none)" in body and "no endpoint 0, unfinished 0" in body

@@ -1,5 +1,6 @@
 """Simulated backends and the fakes the real balancer talks to (no grpc, no threads).
 
+* :class:`SimCall`: one call as the engine places it and a backend serves it.
 * :class:`SimBackend`: one server: ``capacity`` calls in service at once, the rest wait
   in a FIFO queue; its fault windows (down, errors, NOT_SERVING health, slow).
 * :class:`SimConnection`: the balancer's ``SubchannelHandle``. It reports connectivity on
@@ -23,26 +24,58 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from ..balancer.picker import PickInfo, PickResult
 from ..connectivity import Connectivity
 from ..endpoint import Endpoint
 from ..health.tracker import Backoff, HealthReport
 from .clock import EventLoop, Timer
 from .scenario import BackendSpec, Fault
 
-if TYPE_CHECKING:
-    from .engine import SimCall, Simulation
-
 READMIT_PROBE_INTERVAL = 1.0   # lbclient.health.prober's value (that module imports grpc)
-QUEUED, SERVING, DONE = 1, 2, 3
+PENDING, QUEUED, SERVING, DONE = 0, 1, 2, 3     # SimCall.state
+
+
+class SimCall:
+    """One call: created by the engine (``PENDING`` until picked), placed on a backend
+    (``QUEUED`` or ``SERVING``), and ``DONE`` once finished, whatever ended it."""
+
+    __slots__ = ("seq", "arrival", "duration", "key", "info", "deadline", "result",
+                 "backend", "t_admit", "t_placed", "timer", "state")
+
+    def __init__(self, seq: int, arrival: float, duration: float, key: str | None,
+                 info: PickInfo) -> None:
+        self.seq = seq
+        self.arrival = arrival
+        self.duration = duration
+        self.key = key
+        self.info = info
+        self.deadline: Timer | None = None
+        self.result: PickResult | None = None
+        self.backend: SimBackend | None = None
+        self.t_admit = arrival
+        self.t_placed = arrival
+        self.timer: Timer | None = None
+        self.state = PENDING
+
+
+class SimHost(Protocol):
+    """What a backend needs from the simulation it belongs to
+    (:class:`~lbclient.simulate.engine.Simulation` is one)."""
+
+    @property
+    def loop(self) -> EventLoop: ...
+
+    def finish(self, call: SimCall, code: str) -> None:
+        """End ``call`` with the status ``code`` (the channel's completion steps)."""
 
 
 class SimBackend:
     """One simulated server. ``n`` is the client's in-flight count on it (queued + in
     service), integrated over time for the mean concurrency."""
 
-    def __init__(self, spec: BackendSpec, index: int, sim: Simulation,
+    def __init__(self, spec: BackendSpec, index: int, sim: SimHost,
                  service_rng: random.Random, error_rng: random.Random) -> None:
         self.spec = spec
         self.name = spec.name

@@ -27,14 +27,20 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..balancer.balancer import Balancer
-from ..balancer.picker import CallOutcome, PickError, PickInfo, PickResult
+from ..balancer.picker import CallOutcome, PickError, PickInfo
 from ..endpoint import Endpoint
 from ..health.events import EndpointEvent
-from .backend import DONE, SimBackend, SimConnectionFactory, SimHealthFactory
-from .clock import EventLoop, Timer
+from .backend import (
+    DONE,
+    PENDING,
+    SimBackend,
+    SimCall,
+    SimConnectionFactory,
+    SimHealthFactory,
+)
+from .clock import EventLoop
 from .scenario import Scenario, StreamSpec, Variant
 
-PENDING = 0
 EXTRA_TIME = 3600.0   # without "until": stop this long after the last arrival at most
 # The SDK loggers a simulated balancer writes to; its events are in the report instead.
 SDK_LOGGERS = ("lbclient.balancer", "lbclient.health", "lbclient.events")
@@ -65,26 +71,6 @@ def quiet_sdk_logs() -> Iterator[None]:
     finally:
         for lg in loggers:
             lg.removeFilter(filt)
-
-
-class SimCall:
-    __slots__ = ("seq", "arrival", "duration", "key", "info", "deadline", "result",
-                 "backend", "t_admit", "t_placed", "timer", "state")
-
-    def __init__(self, seq: int, arrival: float, duration: float, key: str | None,
-                 info: PickInfo) -> None:
-        self.seq = seq
-        self.arrival = arrival
-        self.duration = duration
-        self.key = key
-        self.info = info
-        self.deadline: Timer | None = None
-        self.result: PickResult | None = None
-        self.backend: SimBackend | None = None
-        self.t_admit = arrival
-        self.t_placed = arrival
-        self.timer: Timer | None = None
-        self.state = PENDING
 
 
 class _Stream:

@@ -3,7 +3,7 @@ key affinity, and a comparison of the variants (stdlib only).
 
 Everything is a frozen value. :meth:`Report.to_dict` is JSON-ready and deterministic for
 a seed (wall-clock figures are left out unless ``timing=True``); :meth:`Report.format_text`
-is what ``lbclient simulate`` prints. Times are virtual seconds.
+(:func:`format_report`) is what ``lbclient simulate`` prints. Times are virtual seconds.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .analysis import Affinity, Downtime, affinities, downtimes, percentile
+from .text import num, pct, secs, table
 
 if TYPE_CHECKING:
     from .engine import Simulation
@@ -132,7 +133,6 @@ class Report:
         return d
 
     def format_text(self, timing: bool = True) -> str:
-        from .text import format_report
         return format_report(self, timing)
 
 
@@ -178,3 +178,72 @@ def build_run_report(sim: Simulation, wall: float) -> RunReport:
 def make_report(name: str, seed: int, backends: Sequence[str], runs: Sequence[RunReport],
                 wall: float) -> Report:
     return Report(name, seed, tuple(backends), tuple(runs), wall)
+
+
+# ------------------------------------------------------------------ plain text
+def format_run(r: RunReport, timing: bool) -> str:
+    codes = ", ".join(f"{k} {v}" for k, v in r.codes.items() if k != "OK") or "none"
+    lines = [f"-- {r.label} ({r.policy})",
+             f"requests {r.requests}: ok {r.ok}, failed {r.failed} ({codes}), "
+             f"no endpoint {r.no_endpoint}, unfinished {r.unfinished}",
+             f"latency p50 {secs(r.latency.p50)}  p90 {secs(r.latency.p90)}  "
+             f"p99 {secs(r.latency.p99)}  max {secs(r.latency.max)}   "
+             f"imbalance (max/fair) {num(r.imbalance)}",
+             f"simulated {r.sim_time:.1f}s, {r.loop_events} events"
+             + (f", {r.wall_seconds:.2f}s wall" if timing else ""), ""]
+    rows = [[b.name, str(b.weight), str(b.requests), pct(b.share), str(b.ok), str(b.failed),
+             str(b.peak_concurrency), f"{b.mean_concurrency:.2f}", str(b.queued),
+             secs(b.mean_queue_wait), secs(b.max_queue_wait)] for b in r.backends]
+    lines.append(table(["backend", "weight", "requests", "share", "ok", "failed", "peak",
+                        "mean conc", "queued", "mean wait", "max wait"], rows))
+    if r.downtime:
+        rows = [[d.backend, d.kind, f"{d.start:g}-{'end' if d.end is None else f'{d.end:g}'}",
+                 secs(d.detection_delay), d.reason or "not detected",
+                 secs(d.readmission_delay), str(d.flaps), str(d.failed_before_detection),
+                 str(d.failed_on_backend), str(d.failed_in_window)] for d in r.downtime]
+        lines += ["", table(["fault on", "kind", "window", "detected after", "as",
+                             "readmitted after end", "flaps", "failed before detection",
+                             "failed on it", "failed overall"], rows)]
+    if r.affinity:
+        rows = [[a.backend, f"{a.start:g}-{'end' if a.end is None else f'{a.end:g}'}",
+                 str(a.keys), pct(a.moved), pct(a.had_to_move), pct(a.moved_needlessly),
+                 pct(a.returned), secs(a.return_p50), secs(a.return_p90), pct(a.home_at_end)]
+                for a in r.affinity]
+        lines += ["", table(["keys vs fault on", "window", "keys", "moved", "had to move",
+                             "moved needlessly", "returned", "return p50", "return p90",
+                             "home at end"], rows)]
+    return "\n".join(lines)
+
+
+def comparison_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    headers = ["policy", "ok", "failed", "p50", "p90", "p99", "imbalance", "peak",
+               "mean wait"]
+    names = {"failed_in_window": "failed in fault", "detection_delay": "detected after",
+             "readmission_delay": "readmitted after end", "moved": "keys moved",
+             "returned": "keys returned", "return_p50": "return p50",
+             "return_p90": "return p90"}
+    extra = [k for k in names if any(k in r for r in rows)]
+    headers += [names[k] for k in extra]
+    out = []
+    for r in rows:
+        cells = [r["policy"], str(r["ok"]), str(r["failed"]), secs(r["p50"]), secs(r["p90"]),
+                 secs(r["p99"]), num(r["imbalance"]), str(r["peak"]),
+                 secs(r["mean_queue_wait"])]
+        for k in extra:
+            v = r.get(k)
+            cells.append(pct(v) if k in ("moved", "returned") else
+                         str(v) if k == "failed_in_window" else secs(v))
+        out.append(cells)
+    return headers, out
+
+
+def format_report(report: Report, timing: bool = True) -> str:
+    head = f"== {report.scenario or 'scenario'} (seed {report.seed}, " \
+           f"{len(report.backends)} backends)"
+    parts = [head, ""]
+    for r in report.runs:
+        parts += [format_run(r, timing), ""]
+    if len(report.runs) > 1:
+        headers, rows = comparison_rows(report.comparison())
+        parts += ["== comparison", table(headers, rows), ""]
+    return "\n".join(parts).rstrip() + "\n"
