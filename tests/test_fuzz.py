@@ -40,9 +40,9 @@ from lbclient.balancer.balancer import Balancer
 from lbclient.config import ServiceConfig, parse_service_config
 from lbclient.errors import ServiceConfigError
 from lbclient.health.options import parse_balancing_options
+from lbclient.resolver import parse_target, validate_target
 from lbclient.resolver._etcd_naming import NamingTable, fingerprint, parse_update
 from lbclient.resolver._file_format import parse_endpoints_json
-from lbclient.resolver.base import parse_target, validate_target
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 POLICIES: dict[str, Any] = json.loads((ROOT / "examples" / "policies.json").read_text())

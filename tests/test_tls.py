@@ -22,7 +22,7 @@ from helpers import code_of, wait_until
 
 import lbclient
 from lbclient._subchannel import logical_authority, with_authority
-from lbclient.resolver.base import parse_target
+from lbclient.resolver import parse_target
 from lbclient.testing import Fleet, echo_pb2, echo_pb2_grpc
 
 REQ = echo_pb2.EchoRequest(message="x")
