@@ -3,24 +3,33 @@
 Accepts gRPC's service config (a dict or a JSON string). Every error is a
 :class:`ServiceConfigError` naming the JSON path, e.g.
 ``loadBalancingConfig: no supported policy in ["foo", "bar"]``.
+
+Unknown top-level fields are ignored (gRPC's rule, so configs written for newer clients
+still work), with one WARNING on the ``lbclient.config`` logger per parsed config naming
+them and the nearest known field, since a misspelled ``loadBalancingconfig`` silently
+means round_robin otherwise. ``lbclient check-config`` rejects them instead.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._validate import (
     expect_list,
     expect_object,
     get_bool,
     get_duration,
+    get_int,
     get_number,
     get_str,
     join,
     parse_duration,
+    reject_unknown,
 )
 from .balancer.policy import LbChoice, get_policy, parse_lb_config_list
 from .errors import ServiceConfigError
@@ -29,6 +38,12 @@ from .health.options import FIELD as OPTIONS_FIELD
 from .method_config import MethodConfig, RetryThrottling, parse_method_config
 
 DEFAULT_POLICY = "round_robin"
+# Every top-level field parse_service_config reads: gRPC's ServiceConfig message
+# (grpc/service_config/service_config.proto) plus lbclient's own block.
+KNOWN_FIELDS = ("healthCheckConfig", "loadBalancingConfig", "loadBalancingPolicy",
+                "methodConfig", "retryThrottling", OPTIONS_FIELD)
+
+log = logging.getLogger("lbclient.config")
 
 
 @dataclass(frozen=True)
@@ -55,8 +70,35 @@ class ServiceConfig:
     options: BalancingOptions = DEFAULT_OPTIONS
 
 
-def parse_service_config(value: str | bytes | Mapping[str, Any] | None) -> ServiceConfig:
-    """Parse a whole service config. ``None`` means the defaults (round_robin)."""
+class UnknownField(NamedTuple):
+    name: str
+    nearest: str | None     # the closest known field name, if any is close
+
+
+def nearest_field(name: str) -> str | None:
+    """The known top-level field ``name`` most likely misspells (case-insensitive
+    :mod:`difflib` match), or None."""
+    by_lower = {known.lower(): known for known in KNOWN_FIELDS}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    return by_lower[close[0]] if close else None
+
+
+def unknown_fields(obj: Mapping[str, Any]) -> list[UnknownField]:
+    """The top-level fields of a service config object that are not service config
+    fields, in their order, each with its nearest known name."""
+    return [UnknownField(str(k), nearest_field(str(k))) for k in obj if k not in KNOWN_FIELDS]
+
+
+def describe_unknown(unknown: list[UnknownField]) -> str:
+    """``"loadBalancingconfig" (did you mean "loadBalancingConfig"?), "foo"``."""
+    return ", ".join(f'"{u.name}"' + (f' (did you mean "{u.nearest}"?)' if u.nearest else "")
+                     for u in unknown)
+
+
+def decode_service_config(value: str | bytes | Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """The JSON object of a service config given as a dict, JSON text or UTF-8 bytes;
+    ``None`` or blank text is ``{}``. Raises :class:`ServiceConfigError` (path ``<root>``)
+    for invalid UTF-8 or JSON, or JSON that is not an object."""
     if value is None:
         value = {}
     if isinstance(value, bytes | bytearray):
@@ -71,7 +113,20 @@ def parse_service_config(value: str | bytes | Mapping[str, Any] | None) -> Servi
             raise ServiceConfigError("<root>", f"invalid JSON: {exc}") from None
         except RecursionError:
             raise ServiceConfigError("<root>", "invalid JSON: nested too deeply") from None
-    obj = expect_object(value, "")
+    return expect_object(value, "")
+
+
+def parse_service_config(value: str | bytes | Mapping[str, Any] | None) -> ServiceConfig:
+    """Parse a whole service config. ``None`` means the defaults (round_robin).
+
+    Unknown top-level fields are ignored with one warning (see the module docstring)."""
+    obj = decode_service_config(value)
+    unknown = unknown_fields(obj)
+    if unknown:
+        known = "" if all(u.nearest for u in unknown) else \
+            f" (known fields: {', '.join(KNOWN_FIELDS)})"
+        log.warning("service config: ignoring unknown top-level field%s %s%s",
+                    "s" if len(unknown) > 1 else "", describe_unknown(unknown), known)
     lb = _parse_lb(obj)
     methods = tuple(
         parse_method_config(m, join("methodConfig", i))
@@ -100,8 +155,6 @@ def _parse_lb(obj: Mapping[str, Any]) -> LbChoice:
 
 
 def parse_health_check(value: Any, path: str) -> HealthCheckConfig:
-    from ._validate import get_int, reject_unknown
-
     obj = expect_object(value, path)
     reject_unknown(obj, path, {"serviceName", "mode", "interval", "timeout",
                                "unhealthyThreshold", "healthyThreshold", "jitter"})
@@ -138,5 +191,7 @@ def _check_unique_names(methods: tuple[MethodConfig, ...]) -> None:
             seen[name] = i
 
 
-__all__ = ["HealthCheckConfig", "LbChoice", "ServiceConfig", "parse_duration",
-           "parse_lb_config_list", "parse_service_config", "get_bool"]
+__all__ = ["KNOWN_FIELDS", "HealthCheckConfig", "LbChoice", "ServiceConfig", "UnknownField",
+           "decode_service_config", "describe_unknown", "get_bool", "nearest_field",
+           "parse_duration", "parse_lb_config_list", "parse_service_config",
+           "unknown_fields"]

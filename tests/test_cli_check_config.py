@@ -206,3 +206,111 @@ def test_retry_throttling_and_hedging(tmp_path: pathlib.Path,
     assert mc["names"] == [{"service": "a.B", "method": "C"}]
     assert mc["hedging_policy"]["hedging_delay"] == 0.5
     assert mc["hedging_policy"]["non_fatal_status_codes"] == []
+
+
+# ------------------------------------------------- not a config, unknown top-level fields
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+KNOWN = ("healthCheckConfig, loadBalancingConfig, loadBalancingPolicy, methodConfig, "
+         "retryThrottling, lbclient")
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_a_map_of_configs_is_not_a_config(capsys: pytest.CaptureFixture[str],
+                                          caplog: pytest.LogCaptureFixture,
+                                          json_mode: bool) -> None:
+    """examples/policies.json is a map of named configs: every value is a config, the
+    file is not (it used to print OK and mean round_robin)."""
+    path = str(EXAMPLES / "policies.json")
+    count = len(json.loads(pathlib.Path(path).read_text()))
+    assert main(["check-config", *(["--json"] if json_mode else []), path]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"error: {path}: not a service config: it has no service config "
+                           f"fields (found {count} keys like 'round_robin', 'pick_first', "
+                           "'weighted_round_robin' whose values are service configs: "
+                           "is it a map of configs?"), line
+    assert f"""jq '.["round_robin"]' {path} | lbclient check-config -""" in line
+    assert not [r for r in caplog.records if r.name == "lbclient.config"]
+
+
+NOT_CONFIGS = [
+    ({"a": {"loadBalancingConfig": [{"round_robin": {}}]}, "b": {"methodConfig": []}},
+     "found 2 keys like 'a', 'b' whose values are service configs: is it a map of configs?"),
+    ({"orders": {"loadBalancingPolicy": "pick_first"}, "billing": 3},
+     "found 2 keys like 'orders', 'billing' whose values are service configs"),
+    ({"foo": 1}, f"found 1 key: 'foo'; the fields are {KNOWN})"),
+    ({"name": "x", "timeout": "1s", "a": 1, "b": 2, "c": 3, "d": 4},
+     "found 6 keys: 'name', 'timeout', 'a', 'b', 'c', ...; the fields are"),
+]
+
+
+@pytest.mark.parametrize(("config", "words"), NOT_CONFIGS)
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_not_a_service_config(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str],
+                              config: Any, words: str, json_mode: bool) -> None:
+    file = write(tmp_path, config)
+    assert main(["check-config", *(["--json"] if json_mode else []), file]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"error: {file}: not a service config: it has no service config "
+                           "fields ("), line
+    assert words in line, line
+
+
+UNKNOWN_FIELDS = [
+    ({"loadBalancingconfig": [{"pick_first": {}}]},
+     ['error at loadBalancingconfig: unknown field; did you mean "loadBalancingConfig"?']),
+    ({"load_balancing_policy": "pick_first"},
+     ['error at load_balancing_policy: unknown field; did you mean "loadBalancingPolicy"?']),
+    ({"loadBalancingConfig": [{"pick_first": {}}], "methodconfig": [], "foo": 1},
+     ['error at methodconfig: unknown field; did you mean "methodConfig"?',
+      f"error at foo: unknown field (known: {KNOWN})"]),
+    # the known fields are still checked, after the unknown ones are reported
+    ({"loadBalancingconfig": [], "methodConfig": 3},
+     ['error at loadBalancingconfig: unknown field; did you mean "loadBalancingConfig"?',
+      "error at methodConfig: must be a JSON array, got number 3"]),
+    ({"retryThrottling": {"maxTokens": 1, "tokenRatio": 1}, "healthcheckconfig": {}},
+     ['error at healthcheckconfig: unknown field; did you mean "healthCheckConfig"?']),
+]
+
+
+@pytest.mark.parametrize(("config", "errors"), UNKNOWN_FIELDS)
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_unknown_top_level_fields_are_errors(tmp_path: pathlib.Path,
+                                             capsys: pytest.CaptureFixture[str],
+                                             caplog: pytest.LogCaptureFixture,
+                                             config: Any, errors: list[str],
+                                             json_mode: bool) -> None:
+    file = write(tmp_path, config)
+    assert main(["check-config", *(["--json"] if json_mode else []), file]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == errors
+    # reported once, as errors: not also as the channel's unknown-field warning
+    assert not [r for r in caplog.records if r.name == "lbclient.config"]
+
+
+@pytest.mark.parametrize("config", [
+    {}, {"lbclient": {"panicThreshold": 50}},
+    {"loadBalancingPolicy": "round_robin", "retryThrottling": {"maxTokens": 5,
+                                                              "tokenRatio": 0.5}},
+    {"loadBalancingConfig": [{"unknown_policy": {}}, {"round_robin": {}}],
+     "healthCheckConfig": {"serviceName": ""}, "methodConfig": []},
+])
+def test_configs_with_known_fields_only_are_ok(tmp_path: pathlib.Path,
+                                               capsys: pytest.CaptureFixture[str],
+                                               config: Any) -> None:
+    assert main(["check-config", write(tmp_path, config)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("OK: ") and captured.err == ""
+
+
+def test_unknown_field_through_the_real_entry_point() -> None:
+    proc = subprocess.run([sys.executable, "-m", "lbclient", "check-config", "--json", "-"],
+                          input='{"loadBalancingconfig": [{"pick_first": {}}]}',
+                          capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert proc.stderr == ('error at loadBalancingconfig: unknown field; '
+                           'did you mean "loadBalancingConfig"?\n')

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
+from typing import Any
 
 import pytest
 
 import lbclient
-from lbclient import ServiceConfigError
+from lbclient import ServiceConfigError, config
 from lbclient.config import parse_service_config
 
 VALID = [
@@ -142,3 +144,91 @@ def test_channel_rejects_bad_config_before_connecting() -> None:
     with pytest.raises(ServiceConfigError, match="no supported policy"):
         lbclient.insecure_channel("ipv4:127.0.0.1:1",
                                   service_config={"loadBalancingConfig": [{"nope": {}}]})
+
+
+# ------------------------------------------------------ unknown top-level fields (gRPC rule)
+def _config_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "lbclient.config" and r.levelno == logging.WARNING]
+
+
+UNKNOWN = [
+    # (config, the policy the channel really uses, words the one warning line contains)
+    ({"loadBalancingconfig": [{"pick_first": {}}]}, "round_robin",
+     ['ignoring unknown top-level field "loadBalancingconfig" '
+      '(did you mean "loadBalancingConfig"?)']),
+    ({"load_balancing_config": [{"pick_first": {}}]}, "round_robin",
+     ['"load_balancing_config" (did you mean "loadBalancingConfig"?)']),
+    ({"loadBalancingConfig": [{"pick_first": {}}], "methodconfig": [], "retry_throttling": {}},
+     "pick_first",
+     ['fields "methodconfig" (did you mean "methodConfig"?), '
+      '"retry_throttling" (did you mean "retryThrottling"?)']),
+    ({"loadBalancingPolicy": "pick_first", "healthCheck": {"serviceName": "x"}}, "pick_first",
+     ['"healthCheck" (did you mean "healthCheckConfig"?)']),
+    ({"loadBalancingConfig": [{"pick_first": {}}], "fooBar": 1}, "pick_first",
+     ['field "fooBar" (known fields: healthCheckConfig, loadBalancingConfig, '
+      "loadBalancingPolicy, methodConfig, retryThrottling, lbclient)"]),
+    ({"LBClient": {"panicThreshold": 10}}, "round_robin",
+     ['"LBClient" (did you mean "lbclient"?)']),
+]
+
+
+@pytest.mark.parametrize(("raw", "policy", "words"), UNKNOWN)
+@pytest.mark.parametrize("form", ["dict", "json", "bytes"])
+def test_unknown_top_level_fields_are_ignored_with_one_warning(
+        caplog: pytest.LogCaptureFixture, raw: dict[str, Any], policy: str,
+        words: list[str], form: str) -> None:
+    value: Any = {"dict": raw, "json": json.dumps(raw), "bytes": json.dumps(raw).encode()}[form]
+    with caplog.at_level(logging.WARNING, logger="lbclient.config"):
+        cfg = parse_service_config(value)
+    assert cfg.lb.name == policy           # ignored: the misspelled field did nothing
+    (line,) = _config_warnings(caplog)
+    for w in words:
+        assert w in line, line
+    assert line.startswith("service config: ignoring unknown top-level field")
+
+
+@pytest.mark.parametrize(("raw", "policy"), VALID)
+def test_known_fields_log_nothing(caplog: pytest.LogCaptureFixture, raw: object,
+                                  policy: str) -> None:
+    with caplog.at_level(logging.DEBUG, logger="lbclient.config"):
+        parse_service_config(raw)  # type: ignore[arg-type]
+        parse_service_config({"lbclient": {"panicThreshold": 20},
+                              "loadBalancingPolicy": "round_robin"})
+    assert _config_warnings(caplog) == []
+
+
+def test_every_known_field_is_read_by_the_parser() -> None:
+    """KNOWN_FIELDS is exactly what parse_service_config reads: each field, given a bad
+    value, makes parsing fail at that field."""
+    bad = {"healthCheckConfig": [], "loadBalancingConfig": {}, "loadBalancingPolicy": 3,
+           "methodConfig": {}, "retryThrottling": [], "lbclient": []}
+    assert set(bad) == set(config.KNOWN_FIELDS)
+    for name, value in bad.items():
+        with pytest.raises(ServiceConfigError) as info:
+            parse_service_config({name: value})
+        assert info.value.path.startswith(name)
+
+
+@pytest.mark.parametrize(("name", "nearest"), [
+    ("loadBalancingconfig", "loadBalancingConfig"), ("LOADBALANCINGPOLICY", "loadBalancingPolicy"),
+    ("methodConfigs", "methodConfig"), ("health_check_config", "healthCheckConfig"),
+    ("retrythrottle", "retryThrottling"), ("lb_client", "lbclient"),
+    ("round_robin", None), ("timeout", None), ("", None),
+])
+def test_nearest_field(name: str, nearest: str | None) -> None:
+    assert config.nearest_field(name) == nearest
+
+
+def test_channel_ignores_unknown_fields_with_one_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="lbclient.config"):
+        channel = lbclient.insecure_channel(
+            "ipv4:127.0.0.1:1", service_config={"loadBalancingconfig": [{"pick_first": {}}]})
+        try:
+            assert channel.service_config is not None
+            assert channel.service_config.lb.name == "round_robin"
+        finally:
+            channel.close()
+    (line,) = _config_warnings(caplog)
+    assert 'did you mean "loadBalancingConfig"?' in line

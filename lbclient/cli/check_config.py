@@ -3,7 +3,13 @@
 Output on success (stdout, exit 0): the chosen policy (and the child chain of wrapper
 policies), any ``loadBalancingConfig`` entries skipped because lbclient does not know them
 (gRPC's rule), then the effective settings with every default filled in, as JSON.
-On error (stderr, exit 1): ``error at <JSON path>: <rule>``.
+On error (stderr, exit 1): ``error at <JSON path>: <rule>``, one line per problem found.
+
+Stricter than a channel in one way: a channel ignores unknown top-level fields (gRPC's
+rule; it logs a warning), check-config reports each one with the nearest known field,
+since a misspelled ``loadBalancingconfig`` would otherwise silently mean round_robin. A
+file that is no service config at all (e.g. a map of named configs, such as
+``examples/policies.json``) is rejected as such.
 """
 
 from __future__ import annotations
@@ -12,12 +18,20 @@ import argparse
 import dataclasses
 import enum
 import json
+import shlex
 import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
 
 from ..balancer.policy import LbChoice, PolicySpec, get_policy
-from ..config import ServiceConfig, parse_service_config
+from ..config import (
+    KNOWN_FIELDS,
+    ServiceConfig,
+    decode_service_config,
+    nearest_field,
+    parse_service_config,
+    unknown_fields,
+)
 from ..errors import ServiceConfigError
 
 
@@ -101,16 +115,70 @@ def _read(path: str, stdin: TextIO) -> str:
         return f.read()
 
 
+def not_a_config(obj: Mapping[str, Any], file: str = "FILE") -> str | None:
+    """Why the JSON object ``obj`` (read from ``file``) is not a service config at all,
+    or None.
+
+    It is not one when none of its keys is a service config field and either most of
+    its values are service configs themselves (a map of named configs) or no key is a
+    likely misspelling of a field (those are reported as unknown fields instead)."""
+    keys = list(obj)
+    if not keys or any(k in KNOWN_FIELDS for k in keys):
+        return None
+    configs = sum(1 for v in obj.values()
+                  if isinstance(v, Mapping) and any(k in KNOWN_FIELDS for k in v))
+    a_map = 2 * configs >= len(keys)
+    if not a_map and any(nearest_field(k) for k in keys):
+        return None
+    found = f"found {len(keys)} key{'s' if len(keys) > 1 else ''}"
+    if a_map:
+        like = ", ".join(repr(k) for k in keys[:3])
+        one = shlex.quote(f".[{json.dumps(keys[0])}]")
+        return (f"not a service config: it has no service config fields ({found} like "
+                f"{like} whose values are service configs: is it a map of configs? Check "
+                f"one at a time, e.g. jq {one} {file} | lbclient check-config -)")
+    shown = ", ".join(repr(k) for k in keys[:5]) + (", ..." if len(keys) > 5 else "")
+    return (f"not a service config: it has no service config fields ({found}: {shown}; "
+            f"the fields are {', '.join(KNOWN_FIELDS)})")
+
+
+def check(text: str, file: str | None = None) -> tuple[ServiceConfig | None, list[str]]:
+    """Validate service config JSON text read from ``file`` (None: standard input): the
+    parsed config when it is valid, else ``(None, problems)``, one ``error ...`` line
+    each."""
+    try:
+        obj = decode_service_config(text)
+    except ServiceConfigError as exc:
+        return None, [f"error at {exc.path or '<root>'}: {exc.reason}"]
+    reason = not_a_config(obj, "FILE" if file is None else shlex.quote(file))
+    if reason is not None:
+        return None, [f"error: {file or 'stdin'}: {reason}"]
+    errors = []
+    for field in unknown_fields(obj):
+        hint = (f'; did you mean "{field.nearest}"?' if field.nearest
+                else f" (known: {', '.join(KNOWN_FIELDS)})")
+        errors.append(f"error at {field.name}: unknown field{hint}")
+    # The known fields are checked too (without the channel's unknown-field warning).
+    known = {k: v for k, v in obj.items() if k in KNOWN_FIELDS}
+    try:
+        config = parse_service_config(known)
+    except ServiceConfigError as exc:
+        errors.append(f"error at {exc.path or '<root>'}: {exc.reason}")
+    if errors:
+        return None, errors
+    return config, []
+
+
 def run(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
     try:
         text = _read(args.file, stdin or sys.stdin)
     except OSError as exc:
         print(f"error: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    try:
-        config = parse_service_config(text)
-    except ServiceConfigError as exc:
-        print(f"error at {exc.path or '<root>'}: {exc.reason}", file=sys.stderr)
+    config, errors = check(text, None if args.file == "-" else args.file)
+    if config is None:
+        for line in errors:
+            print(line, file=sys.stderr)
         return 1
     settings = describe(config)
     if args.json:
