@@ -8,6 +8,9 @@
 
 Exit status: 0 success; 1 the command's own failure (no healthy endpoint, invalid
 config); 2 bad usage; 130 interrupted (Ctrl-C).
+
+Run as a program (``main()`` with no arguments), it first quiets grpc's C core
+(``GRPC_VERBOSITY=ERROR`` unless the user set it or ``GRPC_TRACE``; see ``_grpc_env``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Sequence
 
 from ..simulate import cli as simulate
 from . import check_config, demo, probe
+from ._grpc_env import quiet_grpc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status. ``argv=None`` (a program's entry
+    point: the ``lbclient`` script, ``python -m lbclient``) reads ``sys.argv`` and quiets
+    grpc's C core first, which may re-execute the process once."""
+    if argv is None:
+        quiet_grpc()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

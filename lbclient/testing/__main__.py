@@ -3,7 +3,10 @@
     python -m lbclient.testing serve --count 3 [--latency-ms 5] [--ports-file F]
 
 Prints one ``127.0.0.1:PORT`` per line on stdout once every backend is serving (and writes
-the same lines atomically to ``--ports-file``), then serves until SIGTERM or SIGINT.
+the same lines atomically to ``--ports-file``), then one more line, the ready target for
+lbclient (``ipv4:127.0.0.1:PORT,...``, e.g. ``lbclient probe "$(tail -n1 out)"``), then
+serves until SIGTERM or SIGINT. grpc's C core logs errors only unless ``GRPC_VERBOSITY``
+or ``GRPC_TRACE`` is set (as for the ``lbclient`` command).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+from lbclient.cli._grpc_env import quiet_grpc
 from lbclient.testing._fleet import Fleet
 
 
@@ -47,7 +51,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status. ``argv=None`` (run as a program) quiets
+    grpc's C core first, which may re-execute the process once."""
+    if argv is None:
+        quiet_grpc()
     args = _parser().parse_args(argv)
     done = threading.Event()
 
@@ -70,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = "".join(f"{address}\n" for address in fleet.addresses)
         if args.ports_file:
             _write_atomically(args.ports_file, text)
-        sys.stdout.write(text)
+        sys.stdout.write(text + fleet.target + "\n")
         sys.stdout.flush()
         while not done.wait(1.0):
             pass
