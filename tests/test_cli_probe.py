@@ -48,14 +48,14 @@ def test_none_healthy_exits_1(fleet_factory: FleetFactory,
     assert "0/2 endpoints healthy" in capsys.readouterr().out
 
 
-def test_stopped_backend_is_unreachable(fleet_factory: FleetFactory,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_stopped_backend_is_refused(fleet_factory: FleetFactory,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
     fleet = fleet_factory(2)
     fleet[1].stop()
     assert main(["probe", fleet.target, "--timeout", "1"]) == 0
     out = capsys.readouterr().out
-    assert "UNREACHABLE" in rows(out)[fleet[1].address]
-    assert f"{fleet[1].address}: no answer within 1s" in out
+    assert " REFUSED " in rows(out)[fleet[1].address]
+    assert f"{fleet[1].address}: connection refused (nothing listens there)" in out
 
 
 def test_method_calls_with_empty_requests(fleet_factory: FleetFactory,
@@ -172,15 +172,15 @@ def test_dead_endpoints_are_probed_in_parallel(fleet_factory: FleetFactory,
     assert main(["probe", fleet.target, "--timeout", "1"]) == 1
     elapsed = time.monotonic() - started
     out = capsys.readouterr().out
-    assert sum("UNREACHABLE" in r for r in rows(out).values()) == 8
+    assert sum(" REFUSED " in r for r in rows(out).values()) == 8
     assert elapsed < 6.0, f"8 dead endpoints took {elapsed:.1f}s with a 1s timeout"
 
 
-def test_tls_against_a_plaintext_server_is_unreachable(
+def test_tls_against_a_plaintext_server_fails_the_handshake(
         fleet_factory: FleetFactory, capsys: pytest.CaptureFixture[str]) -> None:
     fleet = fleet_factory(1)
     assert main(["probe", fleet.target, "--tls", "--timeout", "1"]) == 1
-    assert "UNREACHABLE" in capsys.readouterr().out
+    assert "TLS_FAILED" in capsys.readouterr().out
 
 
 def test_render_formats_every_column() -> None:

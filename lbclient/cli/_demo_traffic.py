@@ -108,7 +108,8 @@ class Traffic:
                 self._stub.Unary(request, timeout=self._timeout, metadata=metadata)
                 code = "OK"
             except grpc.RpcError as exc:
-                code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
+                call: Any = exc     # the grpc stubs type every RpcError as a Call
+                code = call.code().name if isinstance(call, grpc.Call) else "UNKNOWN"
             except ValueError:      # the channel was closed under us (Ctrl-C)
                 return
             self._recorder.on_client(code, time.perf_counter() - t0)
