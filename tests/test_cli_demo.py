@@ -77,6 +77,17 @@ def test_headless_demo_finishes_with_every_backend() -> None:
     assert [line.split()[0] for line in comparison[3:3 + len(policies)]] == policies
     for name in NAMES:
         assert name in comparison[1]
+    # Every backend the channel took out is named with why, in every phase: flapping
+    # went NOT_SERVING, and so did restarting as it was being killed (graceful shutdown;
+    # its connection dropped moments later, which a periodic snapshot would miss).
+    why = out[out.index("taken out, and why:"):].splitlines()[1:]
+    for policy in policies:
+        assert f"  {policy}: flapping: unhealthy (NOT_SERVING)" in why, why
+        assert any(line.startswith(f"  {policy}: restarting: unhealthy (NOT_SERVING)")
+                   for line in why), why
+        compared = next(line for line in comparison[3:] if line.startswith(policy))
+        assert "flapping" in compared and "restarting" in compared, compared
+    assert "chttp2" not in proc.stderr and ".cc:" not in proc.stderr, proc.stderr
 
 
 def test_ctrl_c_stops_cleanly() -> None:
@@ -194,7 +205,7 @@ def test_small_formatting_helpers() -> None:
 def test_console_script_entry_point_is_main() -> None:
     import lbclient.__main__ as entry
 
-    assert entry.main is main
+    assert vars(entry)["main"] is main
     env = dict(os.environ)
     proc = subprocess.run([sys.executable, "-m", "lbclient", "--help"], capture_output=True,
                           text=True, timeout=60, env=env)

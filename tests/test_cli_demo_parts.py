@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from helpers import wait_until
 
+from lbclient import EndpointEvent
 from lbclient.balancer.policy import get_policy
-from lbclient.cli._demo_events import EventFeed
+from lbclient.cli._demo_events import EventFeed, TakenOut, describe
 from lbclient.cli._demo_fleet import CHARACTERS, DemoFleet, Script
 from lbclient.cli._demo_policies import (
     KEY_HEADER,
@@ -148,7 +149,7 @@ def test_configs_wrap_in_outlier_detection_when_registered() -> None:
         assert parsed.lb.config.child.name == "least_request"
     assert candidates("ring_hash", {})[0]["requestHashHeader"] == KEY_HEADER
     assert candidates("anything_else", {}) == [{}]
-    child = {"round_robin": {}}
+    child: dict[str, Any] = {"round_robin": {}}
     for wrapper in outlier_wrappers(child):
         assert wrapper["outlier_detection"]["childPolicy"] == [child]
 
@@ -188,16 +189,43 @@ def _render(renderable: Any) -> str:
 def test_comparison_rows() -> None:
     client = EndpointCalls({"OK": 90, "UNAVAILABLE": 10}, sorted([0.001] * 50 + [0.05] * 50))
     result = PhaseResult("round_robin", {}, 2.0, client, {"fast": 0.5, "slow": 0.25},
-                         ejected={"flaky"}, unhealthy={"flapping"}, interrupted=True)
+                         taken_out={"flapping": {"unhealthy": (1, "NOT_SERVING")},
+                                    "flaky": {"ejected": (2, "failure percentage 40%")}},
+                         interrupted=True)
     (row,) = compare_rows([result])
     cells = dict(zip(COMPARE_HEADERS, row, strict=True))
     assert cells["policy"] == "round_robin (cut short)"
     assert cells["calls"] == "100" and cells["calls/s"] == "50" and cells["errors"] == "10.0%"
     assert cells["p50"] == "1.0ms" and cells["p99"] == "50.0ms"
     assert cells["fast"] == "50%" and cells["slow"] == "25%" and cells["flaky"] == "0%"
-    assert cells["taken out"] == "flaky, flapping"
-    assert "round_robin (cut short)" in plain_comparison([result])
+    assert cells["taken out"] == "flaky, flapping"              # fleet order
+    text = plain_comparison([result])
+    assert "round_robin (cut short)" in text
+    assert text.splitlines()[-3:] == [
+        "taken out, and why:",
+        "  round_robin: flaky: ejected 2x (failure percentage 40%)",
+        "  round_robin: flapping: unhealthy (NOT_SERVING)"]
     assert "round_robin" in _render(rich_comparison([result]))
+
+
+# ------------------------------------------------------------------ taken out
+def test_taken_out_records_every_event_and_failed_connections() -> None:
+    taken = TakenOut({"127.0.0.1:1": "flaky", "127.0.0.1:2": "restarting"})
+    taken.on_event(EndpointEvent("ejected", "127.0.0.1:1", 1.0, "failure percentage 40%"))
+    taken.on_event(EndpointEvent("ejected", "127.0.0.1:1", 5.0, "failure percentage 30%"))
+    taken.on_event(EndpointEvent("health_changed", "127.0.0.1:2", 2.0, "NOT_SERVING",
+                                 healthy=False))
+    taken.on_event(EndpointEvent("health_changed", "127.0.0.1:1", 2.0, "SERVING",
+                                 healthy=True))                      # not a take-out
+    taken.on_event(EndpointEvent("readmitted", "127.0.0.1:1", 4.0))
+    for _ in range(3):
+        taken.observe([info("127.0.0.1:2", connectivity="TRANSIENT_FAILURE"),
+                       info("127.0.0.1:1")])
+    assert taken.copy() == {
+        "flaky": {"ejected": (2, "failure percentage 40%")},
+        "restarting": {"unhealthy": (1, "NOT_SERVING"), "connection failed": (1, "")}}
+    assert describe(taken.copy()["restarting"]) == "unhealthy (NOT_SERVING); connection failed"
+    assert describe(taken.copy()["flaky"]) == "ejected 2x (failure percentage 40%)"
 
 
 # ------------------------------------------------------------------ event feed
@@ -234,9 +262,12 @@ def test_one_phase_in_process(demo_fleet: DemoFleet,
     out = capsys.readouterr().out
     assert out.startswith("\n== [1/1] round_robin")
     assert "[1/1] round_robin after" in out
-    # the script ran: the flapping backend was NOT_SERVING for a while
+    # The script ran, and the channel took out both faulty backends, saying why:
+    # flapping went NOT_SERVING; restarting said NOT_SERVING (graceful shutdown) just
+    # before its connection dropped, which only the event stream catches.
     if "healthCheckConfig" in phase.config:
-        assert "flapping" in result.unhealthy
+        assert result.taken_out["flapping"]["unhealthy"][1] == "NOT_SERVING"
+        assert result.taken_out["restarting"]["unhealthy"][1] == "NOT_SERVING"
 
 
 def test_one_live_phase_renders_with_rich(demo_fleet: DemoFleet,

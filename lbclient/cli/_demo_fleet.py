@@ -93,7 +93,7 @@ class DemoFleet:
     def script(self, duration: float) -> Script:
         """The timeline of one phase of ``duration`` seconds."""
         flapping, restarting = self.backend("flapping"), self.backend("restarting")
-        steps: list[tuple[float, Callable[[], None]]] = [
+        steps: list[tuple[float, Callable[[], object]]] = [
             (0.25, lambda: flapping.set_health(NOT_SERVING)),
             (0.35, lambda: restarting.stop()),
             (0.65, lambda: flapping.set_health(SERVING)),
@@ -105,7 +105,7 @@ class DemoFleet:
 class Script:
     """Runs ``(offset_seconds, action)`` steps on a thread, in order, until stopped."""
 
-    def __init__(self, steps: list[tuple[float, Callable[[], None]]]) -> None:
+    def __init__(self, steps: list[tuple[float, Callable[[], object]]]) -> None:
         self._steps = sorted(steps, key=lambda s: s[0])
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lbclient-demo-script",

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._demo_events import describe
 from ._demo_fleet import CHARACTERS, DemoFleet
 from ._demo_traffic import EndpointCalls
 from ._table import format_table, ms, pct, percentile
@@ -56,10 +57,17 @@ class PhaseResult:
     seconds: float
     client: EndpointCalls
     shares: dict[str, float]                 # backend name -> share of attempts
-    ejected: set[str] = field(default_factory=set)     # backends seen ejected
-    unhealthy: set[str] = field(default_factory=set)   # backends seen unhealthy
+    # backend name -> why the channel took it out: kind -> (times, first reason)
+    # (TakenOut.copy(): ejected, unhealthy, connection failed)
+    taken_out: dict[str, dict[str, tuple[int, str]]] = field(default_factory=dict)
     rows: list[list[str]] = field(default_factory=list)
     interrupted: bool = False
+
+    def taken_out_names(self) -> list[str]:
+        """The backends taken out, in fleet order (others, if any, after them)."""
+        order = [c.name for c in CHARACTERS]
+        return sorted(self.taken_out, key=lambda n: (order.index(n) if n in order
+                                                     else len(order), n))
 
 
 COMPARE_HEADERS = ["policy", "calls", "calls/s", "errors", "p50", "p99",
@@ -70,7 +78,7 @@ def compare_rows(results: Sequence[PhaseResult]) -> list[list[str]]:
     rows = []
     for r in results:
         lat = r.client.latencies
-        seen = sorted(r.ejected | r.unhealthy)
+        seen = r.taken_out_names()
         rows.append([
             r.policy + (" (cut short)" if r.interrupted else ""), str(r.client.calls),
             f"{r.client.calls / r.seconds:.0f}" if r.seconds > 0 else "-",
@@ -85,10 +93,21 @@ def plain_endpoints(title: str, rows: list[list[str]]) -> str:
     return f"{title}\n{format_table(ENDPOINT_HEADERS, rows, right=_RIGHT)}"
 
 
+def taken_out_lines(results: Sequence[PhaseResult]) -> list[str]:
+    """Under the comparison: every backend each phase took out, and why."""
+    lines = []
+    for r in results:
+        for name in r.taken_out_names():
+            lines.append(f"  {r.policy}: {name}: {describe(r.taken_out[name])}")
+    return ["taken out, and why:", *lines] if lines else []
+
+
 def plain_comparison(results: Sequence[PhaseResult]) -> str:
     right = tuple(range(1, 6 + len(CHARACTERS)))
-    return ("comparison (errors and latency as the callers saw them; shares of attempts "
-            "per backend)\n" + format_table(COMPARE_HEADERS, compare_rows(results), right))
+    return "\n".join([
+        "comparison (errors and latency as the callers saw them; shares of attempts "
+        "per backend)", format_table(COMPARE_HEADERS, compare_rows(results), right),
+        *taken_out_lines(results)])
 
 
 _SHORT = {"READY": "ready", "TRANSIENT_FAILURE": "failing", "CONNECTING": "connecting",

@@ -24,7 +24,7 @@ from typing import Any
 from ..channel import insecure_channel
 from ..config import parse_service_config
 from ..errors import ServiceConfigError
-from ._demo_events import EventFeed
+from ._demo_events import EventFeed, TakenOut
 from ._demo_fleet import CHARACTERS, DemoFleet
 from ._demo_policies import default_policies, service_config_for
 from ._demo_traffic import Recorder, Traffic
@@ -36,6 +36,7 @@ from ._demo_view import (
     rich_comparison,
     rich_endpoints,
     summary,
+    taken_out_lines,
 )
 
 TICK = 0.25          # seconds between table refreshes
@@ -140,6 +141,7 @@ def run_phase(fleet: DemoFleet, phase: Phase, title: str, args: argparse.Namespa
     feed.phase_started()
     recorder = Recorder()
     result = PhaseResult(phase.policy, phase.config, 0.0, recorder.client, {})
+    taken_out = TakenOut({a: c.name for a, c in fleet.by_address().items()})
     header = f"{title}  config: {json.dumps(phase.config)}"
     if not live:
         print(f"\n== {header}", flush=True)
@@ -151,6 +153,7 @@ def run_phase(fleet: DemoFleet, phase: Phase, title: str, args: argparse.Namespa
         # cleanly (marked "cut short") rather than escaping with no table.
         channel = insecure_channel(fleet.target, service_config=phase.config)
         channel.add_call_listener(recorder.on_call)
+        channel.add_event_listener(taken_out.on_event)
         # Start the traffic once every endpoint is connected (bounded), so that phases
         # compare policies rather than connection races.
         deadline = time.monotonic() + READY_WAIT
@@ -162,11 +165,11 @@ def run_phase(fleet: DemoFleet, phase: Phase, title: str, args: argparse.Namespa
         t0 = time.monotonic()
         end = t0 + args.duration
         if live:
-            _live_loop(fleet, channel, recorder, result, title, phase, end, feed)
+            _live_loop(fleet, channel, recorder, taken_out, title, phase, end, feed)
         else:
             while time.monotonic() < end:
                 time.sleep(min(TICK, max(0.0, end - time.monotonic())))
-                _observe(fleet, channel, result)
+                taken_out.observe(channel.endpoints())
     except KeyboardInterrupt:
         result.interrupted = True
     finally:
@@ -175,11 +178,12 @@ def run_phase(fleet: DemoFleet, phase: Phase, title: str, args: argparse.Namespa
         if script is not None:
             script.stop()
         result.seconds = time.monotonic() - t0
-        infos = channel.endpoints() if channel is not None else []
+        infos: list[Any] = channel.endpoints() if channel is not None else []
         if channel is not None:
             channel.close()
     calls, client = recorder.copy()
     result.client = client
+    result.taken_out = taken_out.copy()
     total = sum(c.calls for c in calls.values())
     names = {a: c.name for a, c in fleet.by_address().items()}
     result.shares = {names[a]: c.calls / total for a, c in calls.items()
@@ -190,28 +194,15 @@ def run_phase(fleet: DemoFleet, phase: Phase, title: str, args: argparse.Namespa
     return result
 
 
-def _observe(fleet: DemoFleet, channel: Any, result: PhaseResult) -> list[Any]:
-    """Note which backends the channel has ejected or marked unhealthy; return the
-    endpoint snapshot."""
-    infos = channel.endpoints()
-    names = {a: c.name for a, c in fleet.by_address().items()}
-    for info in infos:
-        name = names.get(info.address, info.address)
-        if info.ejected_until is not None:
-            result.ejected.add(name)
-        if info.healthy is False:
-            result.unhealthy.add(name)
-    return infos
-
-
-def _live_loop(fleet: DemoFleet, channel: Any, recorder: Recorder, result: PhaseResult,
+def _live_loop(fleet: DemoFleet, channel: Any, recorder: Recorder, taken_out: TakenOut,
                title: str, phase: Phase, end: float, feed: EventFeed) -> None:
     from rich.console import Group
     from rich.live import Live
     from rich.text import Text
 
     def render() -> Any:
-        infos = _observe(fleet, channel, result)
+        infos: list[Any] = channel.endpoints()
+        taken_out.observe(infos)
         calls, client = recorder.copy()
         left = max(0.0, end - time.monotonic())
         status = Text(f"{title}: {summary(phase.config)}   {client.calls} calls, "
@@ -229,6 +220,9 @@ def _print_comparison(results: list[PhaseResult], live: bool) -> None:
     if live:
         from rich.console import Console
 
-        Console().print(rich_comparison(results))
+        console = Console()
+        console.print(rich_comparison(results))
+        for line in taken_out_lines(results):
+            console.print(line, highlight=False, markup=False)
     else:
         print("\n" + plain_comparison(results), flush=True)
