@@ -255,6 +255,23 @@ def test_connection_fails_while_connecting_and_ignores_repeats() -> None:
     assert 1.3 <= states[2][0] <= 1.7         # one backoff (1 s +-20%) after the failure
 
 
+def test_connection_reports_why_it_failed_and_needs_no_polling() -> None:
+    """The parts of the balancer's Connection protocol a pushed, loop-driven fake has."""
+    sim, b = sim_backend(connect_time=0.5)
+    conn = SimConnection(b, lambda s: None, random.Random(1))
+    conn.request_connection()
+    sim.loop.run(1.0)
+    assert (conn.state, conn.connection_error(), conn.poll()) == (Connectivity.READY, None,
+                                                                  False)
+    b.conn = conn
+    b.fault_begin(Fault("down", 1.0, None))
+    assert conn.state is Connectivity.TRANSIENT_FAILURE
+    assert "backend is down" in (conn.connection_error() or "")
+    assert conn.poll() is False
+    conn.shutdown()
+    assert conn.closed
+
+
 def test_checker_edges() -> None:
     sim, b = sim_backend()
     got: list[Any] = []

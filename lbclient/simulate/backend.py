@@ -292,6 +292,15 @@ class SimConnection:
         self._set(Connectivity.TRANSIENT_FAILURE)
         self._after(self._backoff.next_delay(), self._connect)
 
+    def poll(self) -> bool:
+        """Connectivity changes are pushed on the loop: nothing to re-read."""
+        return False
+
+    def connection_error(self) -> str | None:
+        if self.state is Connectivity.TRANSIENT_FAILURE:
+            return "connection refused (the simulated backend is down)"
+        return None
+
     def shutdown(self) -> None:
         self.closed = True
         if self._timer is not None:
@@ -305,6 +314,9 @@ class SimConnectionFactory:
     def __init__(self, backends: dict[str, SimBackend], rng: random.Random) -> None:
         self._backends = backends
         self._rng = rng
+
+    def set_batcher(self, batch: Callable[[], Any]) -> None:
+        """Each connectivity change is its own loop event: nothing to batch."""
 
     def create(self, endpoint: Endpoint,
                on_state: Callable[[Connectivity], None]) -> SimConnection:
@@ -390,6 +402,9 @@ class SimChecker:
             self._start_polling(min(self._config.interval, READMIT_PROBE_INTERVAL))
         elif not on:
             self._stop_polling()
+
+    def join(self, timeout: float) -> None:
+        """No thread to wait for: everything runs on the simulation's loop."""
 
     def stop(self) -> None:
         self._stopped = True
