@@ -80,12 +80,16 @@ class AioBackend(Backend):
 
     def __init__(self, name: str | None = None, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
+        # The grpc.aio server and health servicer (Backend's _server/_health_servicer,
+        # the sync ones, stay None), and the loop thread that runs them.
+        self._aio_server: grpc.aio.Server | None = None
+        self._aio_health: AioHealthServicer | None = None
         self._loop_thread: _LoopThread | None = None
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> AioBackend:
         with self._lock:
-            if self._server is not None:
+            if self._aio_server is not None:
                 return self
             statuses = dict(self._health_status)
             wanted = self._port or 0
@@ -99,12 +103,12 @@ class AioBackend(Backend):
             raise
         with self._lock:
             self._port = port
-            self._server, self._health_servicer = server, hs
+            self._aio_server, self._aio_health = server, hs
             self._loop_thread, self._stopped = thread, stopped
         return self
 
-    async def _serve(self, wanted: int, stopped: threading.Event,
-                     statuses: dict[str, int]) -> tuple[Any, int, Any]:
+    async def _serve(self, wanted: int, stopped: threading.Event, statuses: dict[str, int]
+                     ) -> tuple[grpc.aio.Server, int, AioHealthServicer | None]:
         deadline = time.monotonic() + _BIND_TIMEOUT
         while True:
             server = grpc.aio.server(interceptors=[_AioHealthCounter(self)],
@@ -134,10 +138,10 @@ class AioBackend(Backend):
 
     def stop(self, grace: float | None = None) -> None:
         with self._lock:
-            server, hs, thread = self._server, self._health_servicer, self._loop_thread
+            server, hs, thread = self._aio_server, self._aio_health, self._loop_thread
             if server is None or thread is None:
                 return
-            self._server = self._health_servicer = None
+            self._aio_server = self._aio_health = None
             self._loop_thread = None
             stopped = self._stopped
 
@@ -154,13 +158,18 @@ class AioBackend(Backend):
                 self._lock.wait_for(lambda: self._in_flight == 0, timeout=_DRAIN_TIMEOUT)
             thread.stop()
 
+    @property
+    def running(self) -> bool:
+        with self._lock:
+            return self._aio_server is not None
+
     # ----------------------------------------------------------------- controls
     def set_health(self, status: int | bool, service: str = "") -> None:
         if isinstance(status, bool):
             status = SERVING if status else NOT_SERVING
         with self._lock:
             self._health_status[service] = int(status)
-            hs, thread = self._health_servicer, self._loop_thread
+            hs, thread = self._aio_health, self._loop_thread
         if hs is not None and thread is not None:
             thread.run(hs.set(service, int(status)))
 

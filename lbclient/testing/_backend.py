@@ -8,10 +8,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1.health import HealthServicer
 
 from lbclient._proto.orca_load_report_pb2 import OrcaLoadReport
 from lbclient.testing._proto import echo_pb2, echo_pb2_grpc
@@ -29,10 +30,20 @@ _HEALTH_PREFIX = "/grpc.health.v1.Health/"
 _CODES_BY_NUMBER: dict[int, grpc.StatusCode] = {c.value[0]: c for c in grpc.StatusCode}
 
 Metadata = Sequence[tuple[str, str | bytes]]
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
 ORCA_TRAILER = "endpoint-load-metrics-bin"  # gRFC A51 per-call load report trailer
 # grpcio clients never see ORCA_TRAILER (gRPC core keeps it for itself), so the report
 # is also sent under this key, which lbclient reads as well.
 ORCA_TRAILER_VISIBLE = "x-endpoint-load-metrics-bin"
+
+
+def _orca_report(values: dict[str, float]) -> bytes:
+    """The serialized ``OrcaLoadReport`` of ``set_orca``'s four values."""
+    return OrcaLoadReport(
+        cpu_utilization=values["cpu_utilization"], rps_fractional=values["rps_fractional"],
+        eps=values["eps"], application_utilization=values["application_utilization"],
+    ).SerializeToString()
 
 
 class _CallEnded(Exception):
@@ -77,7 +88,8 @@ class Backend:
         self._port: int | None = None
         self._server: grpc.Server | None = None
         self._executor: futures.ThreadPoolExecutor | None = None
-        self._health_servicer: health.HealthServicer | None = None
+        # ("health" is the bool parameter here, hence the class by its own name)
+        self._health_servicer: HealthServicer | None = None
         self._stopped = threading.Event()  # the current server generation's stop signal
         self._unhung = threading.Event()
         self._unhung.set()
@@ -88,7 +100,7 @@ class Backend:
         self._orca = orca
         self._orca_values = {"cpu_utilization": 0.5, "rps_fractional": 100.0, "eps": 0.0,
                              "application_utilization": 0.0}
-        self._orca_report = OrcaLoadReport(**self._orca_values).SerializeToString()
+        self._orca_report = _orca_report(self._orca_values)
         self._health_status: dict[str, int] = {"": SERVING}
         self._calls = 0
         self._calls_by_method: dict[str, int] = {}
@@ -286,7 +298,7 @@ class Backend:
                     if value < 0:
                         raise ValueError(f"{name} must be >= 0, got {value}")
                     self._orca_values[name] = float(value)
-            self._orca_report = OrcaLoadReport(**self._orca_values).SerializeToString()
+            self._orca_report = _orca_report(self._orca_values)
 
     def _orca_trailer(self) -> list[tuple[str, bytes]]:
         with self._lock:
@@ -378,9 +390,10 @@ class _HealthCounter(grpc.ServerInterceptor):
 
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails],
+                               grpc.RpcMethodHandler[_Request, _Response] | None],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[_Request, _Response] | None:
         if handler_call_details.method.startswith(_HEALTH_PREFIX):
             self._backend._count_health()
         return continuation(handler_call_details)
