@@ -18,12 +18,11 @@ from .registry import (
     validate_target,
 )
 
-# TRANSITIONAL: the registry's functions used to live in .base, and some modules still
-# import them from there (channel.py, _channel_common.py, aio/__init__.py,
-# aio/_channel.py, cli/probe.py, resolver/etcd.py). .base must not import .registry (that
-# was the import cycle), so the package lends them to it until those importers use
-# lbclient.resolver (or .registry); then delete this loop. It must run before the
-# resolver modules below are imported.
+# TRANSITIONAL: the registry's functions used to live in .base, and the call path before
+# its rewrite (channel.py, _channel_common.py, aio/__init__.py, aio/_channel.py) imports
+# them from there. .base must not import .registry (that was the import cycle), so the
+# package lends them to it until no module imports them from .base any more; then delete
+# this loop. It runs before the resolver modules below are imported.
 for _name in ("create_resolver", "parse_target", "register_resolver", "registered_schemes",
               "validate_target"):
     setattr(base, _name, globals()[_name])
