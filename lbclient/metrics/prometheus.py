@@ -202,12 +202,20 @@ def disable(channel: Any, registry: CollectorRegistry | None = None) -> None:
 
 def serve(port: int, addr: str = "127.0.0.1",
           registry: CollectorRegistry | None = None) -> Any:
-    """Serve ``registry`` over HTTP on ``port`` (once per port per process); returns the
-    server (``server.shutdown()`` stops it)."""
+    """Serve ``registry`` over HTTP on ``port`` (once per port per process; ``port=0``
+    picks a free port, each time: ``server.server_port`` says which); returns the server
+    (``server.shutdown()`` then ``server.server_close()`` stops it).
+
+    Prometheus scrapes it with a job like::
+
+        scrape_configs:
+          - job_name: myapp
+            static_configs: [{targets: ["127.0.0.1:9464"]}]
+    """
     with _http_lock:
-        server = _http_started.get(port)
+        server = _http_started.get(port) if port else None
         if server is None:
             server, _thread = start_http_server(port, addr=addr,
                                                 registry=registry or REGISTRY)
-            _http_started[port] = server
+            _http_started[server.server_port] = server
         return server
