@@ -15,27 +15,63 @@ key written again.
 
 :func:`add_endpoint` / :func:`remove_endpoint` write or delete one endpoint without a
 lease (like Go's ``endpoints.Manager.AddEndpoint`` / ``DeleteEndpoint``).
+
+TLS, mTLS and etcd authentication: the three functions take the keyword arguments of
+:class:`EtcdSecurityOptions` (``ca_file``, ``cert_file``, ``key_file``, ``username``,
+``password``...: the same names as the ``etcd://`` resolver's ``resolver_options``), and
+use etcdctl's ``ETCDCTL_*`` variables when none is given (``env=False`` to ignore them).
+A bad value raises :class:`EtcdOptionError` (a ``ValueError``) naming it; a wrong password
+or certificate fails registration with :class:`EtcdError` saying so. With a username, the
+token is kept for the registration's life and replaced when etcd refuses it (expired,
+revoked); lease keepalives carry it. The password, tokens and keys are never logged.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypedDict, Unpack
 
 import grpc
 
 from .errors import LbclientError
 from .resolver._backoff import Backoff
-from .resolver._etcd_client import EtcdConnection, describe, parse_members, pb2
+from .resolver._etcd_client import (
+    EtcdAccessError,
+    EtcdConnection,
+    explain,
+    is_refusal,
+    parse_members,
+    pb2,
+)
 from .resolver._etcd_naming import encode_update, endpoint_key
+from .resolver._etcd_security import KEYS as _SECURITY_KEYS
+from .resolver._etcd_security import EtcdOptionError, EtcdSecurity, parse_security
 from .resolver.address import split_host_port
 
 log = logging.getLogger("lbclient.etcd")
 
-__all__ = ["EtcdError", "Registration", "add_endpoint", "register", "remove_endpoint"]
+__all__ = ["EtcdError", "EtcdOptionError", "EtcdSecurityOptions", "Registration",
+           "add_endpoint", "register", "remove_endpoint"]
+
+
+class EtcdSecurityOptions(TypedDict, total=False):
+    """TLS / mTLS / auth keyword arguments (see docs/discovery.md, "etcd over TLS")."""
+
+    tls: bool                                #: TLS with the system's roots, without a CA
+    ca_file: str | os.PathLike[str]          #: CA bundle etcd's certificate chains to
+    ca_pem: str | bytes
+    cert_file: str | os.PathLike[str]        #: client certificate (mTLS)
+    cert_pem: str | bytes
+    key_file: str | os.PathLike[str]         #: its unencrypted private key
+    key_pem: str | bytes
+    server_name: str                         #: name etcd's certificate is checked against
+    username: str                            #: etcd v3 authentication
+    password: str
+    env: bool                                #: False: ignore ETCDCTL_* variables
 
 
 class EtcdError(LbclientError):
@@ -47,20 +83,23 @@ class Registration:
     lease, which deletes the key. Usable as a context manager."""
 
     def __init__(self, members: list[str], prefix: str, address: str, metadata: Any,
-                 ttl: int, credentials: grpc.ChannelCredentials | None,
-                 timeout: float, backoff: Backoff) -> None:
+                 ttl: int, security: EtcdSecurity, timeout: float,
+                 backoff: Backoff) -> None:
         self.members = members
         self.prefix = prefix
         self.address = address
         self.key = endpoint_key(prefix, address)
         self.ttl = ttl
         self._value = encode_update(address, metadata)
-        self._credentials = credentials
+        self.security = security
+        self._auth = security.new_auth()       # the token, kept across sessions
         self._timeout = timeout
         self._backoff = backoff
         self._lease_id = 0
         self._stop = threading.Event()
         self._registered = threading.Event()
+        self._settled = threading.Event()      # registered, or refused by every member
+        self._refused: set[str] = set()        # members that refused the credentials
         self._lock = threading.Lock()
         self._conn: EtcdConnection | None = None
         self._member_index = 0
@@ -75,13 +114,28 @@ class Registration:
     def lease_id(self) -> int:
         return self._lease_id
 
+    @property
+    def authentications(self) -> int:
+        """Tokens obtained from etcd so far (0 without a username)."""
+        return self._auth.authentications if self._auth else 0
+
+    def __repr__(self) -> str:
+        return (f"Registration(key={self.key!r}, members={self.members!r}, ttl={self.ttl}, "
+                f"security={self.security!r})")
+
+    def _connect(self, member: str) -> EtcdConnection:
+        return EtcdConnection(member, security=self.security, auth=self._auth)
+
     def _start(self, wait: float) -> None:
         self._thread.start()
-        if not self._registered.wait(wait):
+        self._settled.wait(wait)
+        if not self._registered.is_set():
             error = self.last_error or "no answer"
             self.close(revoke=False)
+            when = "every member refused" if self._refused.issuperset(self.members) \
+                else f"within {wait:g}s"
             raise EtcdError(f"could not register {self.key} in etcd "
-                            f"({', '.join(self.members)}) within {wait:g}s: {error}")
+                            f"({', '.join(self.members)}) {when}: {error}")
 
     # ----------------------------------------------------------------- the thread
     def _run(self) -> None:
@@ -92,9 +146,14 @@ class Registration:
             except Exception as exc:  # noqa: BLE001 - the thread must outlive any failure
                 if self._stop.is_set():
                     return
-                if not isinstance(exc, grpc.RpcError | _LeaseLost | EtcdError):
+                if not isinstance(exc, grpc.RpcError | _LeaseLost | EtcdError
+                                  | EtcdAccessError):
                     log.exception("%s: unexpected failure", self.key)
-                self.last_error = f"etcd member {member}: {describe(exc)}"
+                self.last_error = explain(exc, member, self.security)
+                if is_refusal(exc):
+                    self._refused.add(member)
+                    if self._refused.issuperset(self.members):
+                        self._settled.set()     # register() fails now, saying why
                 if isinstance(exc, _LeaseLost):
                     log.warning("%s: %s; registering again", self.key, exc)
                     continue            # grant a new lease at once, same member
@@ -105,7 +164,7 @@ class Registration:
                 self._stop.wait(delay)
 
     def _session(self, member: str) -> None:
-        conn = EtcdConnection(member, self._credentials)
+        conn = self._connect(member)
         with self._lock:
             if self._stop.is_set():
                 conn.close()
@@ -124,15 +183,24 @@ class Registration:
                 log.info("registered %s (lease %x, ttl %ds) on %s", self.key, grant.ID,
                          grant.TTL, member)
             lease_id = self._lease_id
-            call = conn.lease_keepalive(self._keepalives(lease_id, done))
-            for resp in call:
-                if resp.TTL <= 0:
-                    self._lease_id = 0
-                    raise _LeaseLost(f"lease {lease_id:x} expired")
-                self._backoff.reset()
-                self.keepalives += 1
-                self.member = member
-                self._registered.set()
+            token = conn.token(self._timeout)
+            call = conn.lease_keepalive(self._keepalives(lease_id, done), token)
+            try:
+                for resp in call:
+                    if resp.TTL <= 0:
+                        self._lease_id = 0
+                        raise _LeaseLost(f"lease {lease_id:x} expired")
+                    self._backoff.reset()
+                    self.keepalives += 1
+                    self.member = member
+                    self._refused.clear()
+                    self._registered.set()
+                    self._settled.set()
+            except grpc.RpcError as exc:
+                # A refused token is forgotten: the next session (after the backoff)
+                # authenticates again.
+                conn.token_refused(exc, token)
+                raise
             if not self._stop.is_set():
                 raise EtcdError("the keepalive stream ended")
         finally:
@@ -166,14 +234,18 @@ class Registration:
         if not (revoke and lease_id):
             return
         for member in self.members:
-            c = EtcdConnection(member, self._credentials)
+            try:
+                c = self._connect(member)
+            except EtcdAccessError as exc:
+                log.warning("%s: revoking lease %x: %s", self.key, lease_id, exc)
+                continue
             try:
                 c.lease_revoke(lease_id, timeout=self._timeout)
                 log.info("deregistered %s", self.key)
                 return
-            except grpc.RpcError as exc:
-                log.warning("%s: revoking lease %x on %s failed: %s", self.key, lease_id,
-                            member, describe(exc))
+            except (grpc.RpcError, EtcdAccessError) as exc:
+                log.warning("%s: revoking lease %x failed: %s", self.key, lease_id,
+                            explain(exc, member, self.security))
             finally:
                 c.close()
 
@@ -192,21 +264,25 @@ def register(endpoints: str | Sequence[str], prefix: str, address: str, *,
              metadata: Any = None, ttl: int = 10,
              credentials: grpc.ChannelCredentials | None = None, timeout: float = 5.0,
              backoff_initial: float = 0.5, backoff_max: float = 10.0,
-             rng: random.Random | None = None) -> Registration:
+             rng: random.Random | None = None,
+             **security: Unpack[EtcdSecurityOptions]) -> Registration:
     """Register ``address`` under ``prefix`` and keep it registered until ``close()``.
 
     ``endpoints``: etcd members, ``"host:2379,host:2379"`` or a list. ``metadata``: any
     JSON value; a ``{"weight": n}`` object sets the endpoint's weight for lbclient
-    clients. ``ttl``: lease seconds (>= 2; etcd may raise it to its minimum). Returns once
+    clients. ``ttl``: lease seconds (>= 2; etcd may raise it to its minimum). TLS and
+    auth: the :class:`EtcdSecurityOptions` keywords (or ``credentials``). Returns once
     the key is written and the first keepalive answered; raises :class:`EtcdError` if
-    that does not happen within ``timeout`` + the backoff over every member.
+    that does not happen within ``timeout`` + the backoff over every member, or as soon
+    as every member has refused the credentials (wrong password, certificate, permission).
     """
     members = parse_members(endpoints, "etcd endpoints")
     _check_prefix(prefix)
     split_host_port(address, "address")
     if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 2:
         raise ValueError(f"ttl must be an integer >= 2 seconds, got {ttl!r}")
-    reg = Registration(members, prefix, address, metadata, ttl, credentials, timeout,
+    reg = Registration(members, prefix, address, metadata, ttl,
+                       _security("register", credentials, security), timeout,
                        Backoff(backoff_initial, backoff_max, rng=rng))
     reg._start(wait=timeout * len(members) + backoff_max)
     return reg
@@ -215,35 +291,50 @@ def register(endpoints: str | Sequence[str], prefix: str, address: str, *,
 def add_endpoint(endpoints: str | Sequence[str], prefix: str, address: str, *,
                  metadata: Any = None, lease: int = 0,
                  credentials: grpc.ChannelCredentials | None = None,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, **security: Unpack[EtcdSecurityOptions]) -> None:
     """Write ``<prefix>/<address>`` (no keepalive; ``lease`` optional). Tries each member
     until one accepts; :class:`EtcdError` if none does."""
     _check_prefix(prefix)
     split_host_port(address, "address")
     key = endpoint_key(prefix, address).encode()
-    _on_any_member(endpoints, credentials, lambda c: c.put(
-        key, encode_update(address, metadata), timeout=timeout, lease=lease))
+    _on_any_member(endpoints, _security("add_endpoint", credentials, security),
+                   lambda c: c.put(key, encode_update(address, metadata), timeout=timeout,
+                                   lease=lease))
 
 
 def remove_endpoint(endpoints: str | Sequence[str], prefix: str, address: str, *,
                     credentials: grpc.ChannelCredentials | None = None,
-                    timeout: float = 5.0) -> None:
+                    timeout: float = 5.0, **security: Unpack[EtcdSecurityOptions]) -> None:
     """Delete ``<prefix>/<address>``."""
     _check_prefix(prefix)
     key = endpoint_key(prefix, address).encode()
-    _on_any_member(endpoints, credentials, lambda c: c.delete(key, timeout=timeout))
+    _on_any_member(endpoints, _security("remove_endpoint", credentials, security),
+                   lambda c: c.delete(key, timeout=timeout))
 
 
-def _on_any_member(endpoints: str | Sequence[str],
-                   credentials: grpc.ChannelCredentials | None, fn: Any) -> None:
+def _security(function: str, credentials: grpc.ChannelCredentials | None,
+              options: EtcdSecurityOptions) -> EtcdSecurity:
+    unknown = sorted(set(options) - _SECURITY_KEYS - {"credentials"})
+    if unknown:
+        raise TypeError(f"{function}() got an unexpected keyword argument {unknown[0]!r}")
+    return parse_security({**options, "credentials": credentials})
+
+
+def _on_any_member(endpoints: str | Sequence[str], security: EtcdSecurity,
+                   fn: Callable[[EtcdConnection], Any]) -> None:
     errors = []
+    auth = security.new_auth()
     for member in parse_members(endpoints, "etcd endpoints"):
-        conn = EtcdConnection(member, credentials)
+        try:
+            conn = EtcdConnection(member, security=security, auth=auth)
+        except EtcdAccessError as exc:
+            errors.append(str(exc))
+            continue
         try:
             fn(conn)
             return
-        except grpc.RpcError as exc:
-            errors.append(f"{member}: {describe(exc)}")
+        except (grpc.RpcError, EtcdAccessError) as exc:
+            errors.append(explain(exc, member, security))
         finally:
             conn.close()
     raise EtcdError("every etcd member failed: " + "; ".join(errors))
