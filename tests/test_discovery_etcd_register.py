@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from _etcd import EtcdCluster
@@ -127,8 +128,9 @@ def test_register_fails_fast_without_etcd() -> None:
     ({"ttl": 1}, "ttl"), ({"ttl": 2.5}, "ttl"), ({"prefix": ""}, "prefix"),
     ({"address": "nohost"}, "port"), ({"endpoints": ""}, "etcd member"),
 ])
-def test_register_checks_its_arguments(kwargs: dict, error: str) -> None:
-    args = {"endpoints": "127.0.0.1:2379", "prefix": "p", "address": "127.0.0.1:1", **kwargs}
+def test_register_checks_its_arguments(kwargs: dict[str, Any], error: str) -> None:
+    args: dict[str, Any] = {"endpoints": "127.0.0.1:2379", "prefix": "p",
+                            "address": "127.0.0.1:1", **kwargs}
     with pytest.raises(ValueError, match=error):
         lbclient.etcd.register(args.pop("endpoints"), args.pop("prefix"),
                                args.pop("address"), **args)

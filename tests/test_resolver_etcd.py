@@ -142,7 +142,7 @@ def test_deleting_every_key_empties_the_channel(etcd: EtcdCluster, prefix: str,
         with pytest.raises(grpc.RpcError) as info:
             stub.Unary(REQ, timeout=5)
         assert code_of(info.value) is grpc.StatusCode.UNAVAILABLE
-        assert "empty" in info.value.details()
+        assert "empty" in str(info.value.details())
 
 
 def test_unreachable_etcd_fails_calls_naming_the_member(tmp_path: pathlib.Path) -> None:
@@ -156,7 +156,7 @@ def test_unreachable_etcd_fails_calls_naming_the_member(tmp_path: pathlib.Path) 
                 stub.Unary(REQ, timeout=5)
             except grpc.RpcError as exc:
                 assert code_of(exc) is grpc.StatusCode.UNAVAILABLE
-                return f"etcd member 127.0.0.1:{port}" in exc.details()
+                return f"etcd member 127.0.0.1:{port}" in str(exc.details())
             return False
 
         wait_until(fails_naming_etcd, 10, message="UNAVAILABLE naming the etcd member")

@@ -80,7 +80,8 @@ def test_encode_matches_go_json_marshal() -> None:
     ('{"Op":0,"Addr":"h:80","Metadata":"blue"}', "h:80", 1, {"metadata": "blue"}),
     ('{"Op":0,"Addr":"[::1]:80"}', "[::1]:80", 1, {}),
 ])
-def test_parse_update(value: str, address: str, weight: int, attributes: dict) -> None:
+def test_parse_update(value: str, address: str, weight: int,
+                      attributes: dict[str, object]) -> None:
     endpoint = parse_update("svc/x", value.encode())
     assert (endpoint.address, endpoint.weight, dict(endpoint.attributes)) == (
         address, weight, attributes)
@@ -124,7 +125,7 @@ def test_naming_table(caplog: pytest.LogCaptureFixture) -> None:
     ({"credentials": "tls"}, "resolver_options.credentials"),
     ({"poll_interval": 1}, "resolver_options.poll_interval"),
 ])
-def test_bad_options(options: dict, path: str) -> None:
+def test_bad_options(options: dict[str, object], path: str) -> None:
     with pytest.raises(ServiceConfigError) as info:
         EtcdResolver(parse_target("etcd://h/svc"), _Null(), options)
     assert info.value.path == path
