@@ -39,8 +39,10 @@ def test_losing_the_watched_member(tmp_path: pathlib.Path, fleet_factory: object
                 wait_ready(ch, 3)
                 rec.wait_addresses({a, b, c})
                 wait_until(lambda: resolver.member == first, 5, message="watching member 0")
-                # The channel's resolver starts on the first listed member too.
-                assert ch._resolver.member == first   # visibility only  # noqa: SLF001
+                # The channel's resolver starts on the first listed member too (its
+                # endpoints come from the Range; it is watching once the watch is created).
+                wait_until(lambda: ch._resolver.member == first, 5,  # noqa: SLF001
+                           message="the channel's resolver watching member 0")
                 stub = echo_pb2_grpc.EchoStub(ch)
 
                 etcd.kill(0)                          # the member everyone is using
