@@ -269,12 +269,11 @@ def test_credentials_for_an_etcd_without_auth_are_not_needed(
     """As Go's client: etcd saying "authentication is not enabled" is not an error."""
     a = fleet.addresses[0]
     caplog.set_level(logging.INFO, logger="lbclient")
-    lbclient.etcd.add_endpoint(etcd.endpoints, prefix, a, username="alice",
-                               password="unused-pw", **certs.files)
+    options: EtcdSecurityOptions = {**certs.files, "username": "alice",
+                                    "password": "unused-pw"}
+    lbclient.etcd.add_endpoint(etcd.endpoints, prefix, a, **options)
     rec = Recorder()
-    resolver = EtcdResolver(parse_target(etcd.target(prefix)), rec,
-                            {**FAST, **certs.files, "username": "alice",
-                             "password": "unused-pw"})
+    resolver = EtcdResolver(parse_target(etcd.target(prefix)), rec, {**FAST, **options})
     resolver.start()
     try:
         rec.wait_addresses({a})
