@@ -209,6 +209,19 @@ def test_comparison_rows() -> None:
 
 
 # ------------------------------------------------------------------ taken out
+def test_rich_comparison_is_followed_by_why(capsys: pytest.CaptureFixture[str]) -> None:
+    from lbclient.cli.demo import _print_comparison
+
+    result = PhaseResult("random", {}, 1.0, EndpointCalls({"OK": 4}, [0.001] * 4),
+                         {"fast": 1.0},
+                         taken_out={"restarting": {"unhealthy": (1, "NOT_SERVING"),
+                                                   "connection failed": (1, "")}})
+    _print_comparison([result], live=True)
+    out = capsys.readouterr().out
+    assert "taken out, and why:" in out
+    assert "  random: restarting: unhealthy (NOT_SERVING); connection failed" in out
+
+
 def test_taken_out_records_every_event_and_failed_connections() -> None:
     taken = TakenOut({"127.0.0.1:1": "flaky", "127.0.0.1:2": "restarting"})
     taken.on_event(EndpointEvent("ejected", "127.0.0.1:1", 1.0, "failure percentage 40%"))
