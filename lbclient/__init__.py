@@ -6,6 +6,7 @@
     stub = MyServiceStub(channel)
 """
 
+from . import policies as _policies  # noqa: F401 - registers the built-in policies
 from .balancer import (
     CallOutcome,
     Candidate,

@@ -9,7 +9,6 @@ must survive picker rebuilds lives on the policy object.
 
 from __future__ import annotations
 
-import importlib
 import json
 import random
 import threading
@@ -106,15 +105,6 @@ class PolicySpec:
 
 _registry: dict[str, PolicySpec] = {}
 _lock = threading.Lock()
-_loaded = False
-
-# Built-in policy modules; importing one registers its PolicySpec(s).
-BUILTIN_MODULES = (
-    "round_robin", "pick_first", "weighted_round_robin", "least_connections",
-    "least_request", "random_policy", "ring_hash", "maglev", "sticky", "peak_ewma",
-    "outlier_detection", "priority", "weighted_target", "zone_aware",
-)
-
 
 def register_policy(spec: PolicySpec, *aliases: str) -> None:
     """Register a policy under its name (and aliases); a later registration replaces an
@@ -124,26 +114,13 @@ def register_policy(spec: PolicySpec, *aliases: str) -> None:
             _registry[name] = spec
 
 
-def _load_builtins() -> None:
-    global _loaded
-    if _loaded:
-        return
-    for mod in BUILTIN_MODULES:
-        try:
-            importlib.import_module(f"lbclient.policies.{mod}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"lbclient.policies.{mod}":
-                raise
-    _loaded = True
-
-
 def get_policy(name: str) -> PolicySpec | None:
-    _load_builtins()
+    """The registered policy of that name (the built-ins register themselves when
+    ``lbclient.policies`` is imported, which ``import lbclient`` does)."""
     return _registry.get(name)
 
 
 def registered_policies() -> list[str]:
-    _load_builtins()
     return sorted(_registry)
 
 
