@@ -14,12 +14,14 @@ lock.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import random
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from .codes import SERVER_FAILURE_CODES, classify
 
@@ -79,11 +81,25 @@ class OutlierConfig:
 
 
 class Bucket:
-    __slots__ = ("successes", "failures")
+    """One interval's call counts. Successes are counted without a lock (an
+    ``itertools.count`` increment is atomic); failures under the detector's lock."""
+
+    __slots__ = ("_successes", "failures")
 
     def __init__(self) -> None:
-        self.successes = 0
+        self._successes = itertools.count()
         self.failures = 0
+
+    def success(self) -> None:
+        next(self._successes)
+
+    @property
+    def successes(self) -> int:
+        return int(repr(self._successes)[6:-1])     # "count(42)": read, not advanced
+
+    @successes.setter
+    def successes(self, value: int) -> None:
+        self._successes = itertools.count(value)
 
     @property
     def volume(self) -> int:
@@ -146,6 +162,10 @@ class OutlierHost(Protocol):
     def detach_outlier_detection(self, detector: OutlierDetector) -> None: ...
 
 
+def _record_outcome(detector: OutlierDetector, address: str, outcome: Any) -> None:
+    detector.record(address, outcome.code)
+
+
 class OutlierDetector:
     def __init__(self, config: OutlierConfig, clock: Callable[[], float],
                  rng: random.Random | None = None) -> None:
@@ -196,27 +216,34 @@ class OutlierDetector:
 
     # ----------------------------------------------------------------- counting
     def record(self, address: str, code: str) -> None:
-        """Count one finished call (any thread). Calls ``on_trip(address)`` when the
-        consecutive-failure limit is reached on a non-ejected address."""
+        """Count one finished call (any thread; a success takes no lock). Calls
+        ``on_trip(address)`` when the consecutive-failure limit is reached on a
+        non-ejected address."""
         cfg = self._config
         verdict = classify(code, cfg.failure_codes)
         if verdict is None:
+            return
+        if not verdict:
+            st = self._states.get(address)
+            if st is not None:
+                st.active.success()
+                st.consecutive = 0
             return
         trip = False
         with self._lock:
             st = self._states.get(address)
             if st is None:
                 return
-            if verdict:
-                st.active.failures += 1
-                st.consecutive += 1
-                limit = cfg.consecutive_failures
-                trip = limit is not None and st.consecutive >= limit and not st.ejected
-            else:
-                st.active.successes += 1
-                st.consecutive = 0
+            st.active.failures += 1
+            st.consecutive += 1
+            limit = cfg.consecutive_failures
+            trip = limit is not None and st.consecutive >= limit and not st.ejected
         if trip and self.on_trip is not None:
             self.on_trip(address)
+
+    def recorder(self, address: str) -> Callable[[Any], None]:
+        """A pick's ``on_done`` that counts the outcome for ``address``."""
+        return functools.partial(_record_outcome, self, address)
 
     # ----------------------------------------------------------------- ejection
     def _may_eject(self, st: AddressState) -> bool:

@@ -97,7 +97,7 @@ class HashPicker:
             return PickResult(self._candidates[int(self._rng.random() * len(
                 self._candidates)) % len(self._candidates)])
         if not info.exclude and self._factor is None:
-            return PickResult(first)
+            return first.result
         limit = self._limit()
         c: Candidate | None = first
         seen: set[str] = set()
@@ -105,9 +105,9 @@ class HashPicker:
             if c.address not in seen:
                 seen.add(c.address)
                 if c.address not in info.exclude and (limit is None or limit(c)):
-                    return PickResult(c)
+                    return c.result
             c = next(walk, None)
-        return PickResult(first)
+        return first.result
 
     def _walk(self, slot: int) -> Iterator[Candidate]:
         """Eligible owners from ``slot`` on, once around the layout."""

@@ -75,7 +75,7 @@ class LeastRequestPicker:
         c = self._equal() if self._sampler.uniform else self._weighted()
         if info.exclude and c.address in info.exclude:
             c = untried_choice(self._candidates, info, self._rng, self._weights)
-        return PickResult(c)
+        return c.result
 
     def _equal(self) -> Candidate:
         rnd, n, cands = self._rng.random, self._n, self._candidates

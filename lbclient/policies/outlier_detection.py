@@ -131,18 +131,27 @@ def parse_config(raw: Any, path: str) -> Config:
 
 class CountingPicker:
     """The child's picker, with every outcome counted for the picked address (A50's
-    wrapped picker). The child's own ``on_done`` still runs, after the count."""
+    wrapped picker). The child's own ``on_done`` still runs, after the count. A plain
+    child pick gets a result made once per candidate (no allocation per call)."""
 
-    __slots__ = ("_child", "_detector")
+    __slots__ = ("_child", "_detector", "_plain")
 
     def __init__(self, child: Picker, detector: OutlierDetector) -> None:
         self._child = child
         self._detector = detector
+        self._plain: dict[Candidate, PickResult] = {}
 
     def pick(self, info: PickInfo) -> PickResult:
         result = self._child.pick(info)
-        address = result.candidate.address
         inner = result.on_done
+        candidate = result.candidate
+        if inner is None and not result.counted and not result.wants_metadata:
+            plain = self._plain.get(candidate)
+            if plain is None:
+                plain = self._plain[candidate] = PickResult(
+                    candidate, self._detector.recorder(candidate.address))
+            return plain
+        address = candidate.address
         detector = self._detector
 
         def on_done(outcome: CallOutcome) -> None:
@@ -150,7 +159,7 @@ class CountingPicker:
             if inner is not None:
                 inner(outcome)
 
-        return PickResult(result.candidate, on_done, result.counted)
+        return PickResult(candidate, on_done, result.counted, result.wants_metadata)
 
 
 class OutlierDetection(Policy):

@@ -68,7 +68,7 @@ class PeakEwmaPicker:
     def pick(self, info: PickInfo) -> PickResult:
         n = self._n
         if n == 1:
-            return PickResult(self._candidates[0])
+            return self._candidates[0].result
         rnd = self._rng.random
         i = min(int(rnd() * n), n - 1)
         j = min(int(rnd() * (n - 1)), n - 2)
@@ -80,7 +80,7 @@ class PeakEwmaPicker:
             other = b if c is a else a
             c = other if other.address not in info.exclude else untried_choice(
                 self._candidates, info, self._rng)
-        return PickResult(c)
+        return c.result
 
     def _cost_order(self, a: Candidate, b: Candidate) -> bool:
         """True when ``a`` costs no more than ``b``."""

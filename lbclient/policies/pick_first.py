@@ -40,8 +40,8 @@ class PickFirstPicker:
         if info.exclude and first.address in info.exclude:
             for c in self._ordered[1:]:
                 if c.address not in info.exclude:
-                    return PickResult(c)
-        return PickResult(first)
+                    return c.result
+        return first.result
 
 
 class PickFirst(Policy):

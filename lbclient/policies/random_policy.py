@@ -49,7 +49,7 @@ class RandomPicker:
         c = self._candidates[self._sampler.index(self._rng)]
         if info.exclude and c.address in info.exclude:
             c = untried_choice(self._candidates, info, self._rng, self._weights)
-        return PickResult(c)
+        return c.result
 
 
 class RandomPolicy(WeightedPolicy):

@@ -46,8 +46,8 @@ class RoundRobinPicker:
             for k in range(1, self._n):
                 alt = self._candidates[(i + k) % self._n]
                 if alt.address not in info.exclude:
-                    return PickResult(alt)
-        return PickResult(c)
+                    return alt.result
+        return c.result
 
 
 class RoundRobin(Policy):

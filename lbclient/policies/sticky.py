@@ -131,7 +131,8 @@ class StickyPicker:
                     return self._child.pick(info)
                 s.last_used = now
                 p.touch(key)
-                return PickResult(c, p.done_callback(key, None))
+                return PickResult(c, p.done_callback(key, None),
+                                  wants_metadata=p.reads_metadata)
         r = self._child.pick(info)
         address = r.candidate.address
         if s is None:
@@ -142,7 +143,8 @@ class StickyPicker:
             s.address, s.last_used = address, now
             if s.home == address:
                 s.home = None
-        return PickResult(r.candidate, p.done_callback(key, r.on_done), r.counted)
+        return PickResult(r.candidate, p.done_callback(key, r.on_done), r.counted,
+                          r.wants_metadata or p.reads_metadata)
 
 
 class Sticky(Policy):
@@ -203,6 +205,11 @@ class Sticky(Policy):
         """Where the session's calls go now (None: not remembered)."""
         s = self.sessions.get(key)
         return s.address if s is not None else None
+
+    @property
+    def reads_metadata(self) -> bool:
+        """``endpointHeader`` is read from the responses."""
+        return self.config.endpoint_header is not None
 
     def done_callback(self, key: str, inner: Callable[[CallOutcome], None] | None
                       ) -> Callable[[CallOutcome], None] | None:

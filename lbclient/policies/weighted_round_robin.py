@@ -170,15 +170,17 @@ def edf_schedule(ints: Sequence[int]) -> list[int]:
 class WeightedRoundRobinPicker:
     """An immutable cycle and an atomic counter (``itertools.count``)."""
 
-    __slots__ = ("_cycle", "_done", "_len", "_next", "weights")
+    __slots__ = ("_cycle", "_results", "_len", "_next", "weights")
 
     def __init__(self, candidates: Sequence[Candidate], weights: Sequence[float],
                  start: int, reporters: dict[str, Callable[[CallOutcome], None]] | None
                  ) -> None:
         order = schedule(weights)
         self._cycle = tuple(candidates[i] for i in order)
-        self._done = (tuple(reporters[c.address] for c in self._cycle)
-                      if reporters is not None else None)
+        # ORCA reporters read the load report from each call's trailing metadata.
+        self._results = (tuple(PickResult(c, reporters[c.address], wants_metadata=True)
+                               for c in self._cycle)
+                         if reporters is not None else tuple(c.result for c in self._cycle))
         self._len = len(self._cycle)
         self._next = itertools.count(start % self._len)
         self.weights = tuple(weights)  # the weights this picker was built with
@@ -191,7 +193,7 @@ class WeightedRoundRobinPicker:
                 if self._cycle[j].address not in info.exclude:
                     i = j
                     break
-        return PickResult(self._cycle[i], self._done[i] if self._done is not None else None)
+        return self._results[i]
 
 
 # ------------------------------------------------------------------ load reports
