@@ -18,8 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer as AioHealthServicer
 
 from lbclient.testing._aio_backend import _LoopThread
-from lbclient.testing._proto.interop import empty_pb2, messages_pb2, test_pb2_grpc
-from lbclient.testing.interop import (
+from lbclient.testing._interop_common import (
     _HOST,
     _STOP_WAIT,
     SERVICE,
@@ -29,6 +28,7 @@ from lbclient.testing.interop import (
     payload,
     requested_status,
 )
+from lbclient.testing._proto.interop import empty_pb2, messages_pb2, test_pb2_grpc
 
 Context = grpc.aio.ServicerContext[object, object]
 
