@@ -138,7 +138,16 @@ def balancer_alone(n: int) -> dict[str, float]:
 
         def shutdown(self) -> None: ...
 
+        def poll(self) -> bool:
+            return False
+
+        def connection_error(self) -> str | None:
+            return None
+
     class Factory:
+        def set_batcher(self, batch: Any) -> None:
+            pass
+
         def create(self, endpoint: Endpoint, on_state: Any) -> Handle:
             return Handle()
 

@@ -36,4 +36,24 @@ def set_in_flight(stats: lbclient.EndpointStats, n: int) -> None:
     while stats.in_flight < n:
         stats.begin()
     while stats.in_flight > n:
-        stats._active.pop()   # an in-flight token, without counting a finished call
+        stats.discard()
+
+
+class ConnectionStub:
+    """The parts of lbclient's ``Connection`` protocol a fake connection rarely needs."""
+
+    closed = False
+    address = ""
+
+    def poll(self) -> bool:
+        return False
+
+    def connection_error(self) -> str | None:
+        return None
+
+
+class FactoryStub:
+    """The parts of lbclient's ``SubchannelFactory`` protocol a fake factory rarely needs."""
+
+    def set_batcher(self, batch: object) -> None:
+        pass

@@ -372,7 +372,7 @@ def test_finished_calls_are_read_from_grpc_aio_directly_with_a_fallback(fleet3: 
     """A finished call's status comes from grpc.aio's C-layer call when it can (a grpc
     upgrade that changes it must show up here) and from the coroutine getters otherwise;
     done callbacks fire once."""
-    from lbclient.aio._status import _c_call, status_now, when_done
+    from lbclient._async.status import _c_call, status_now, when_done
 
     async def body() -> None:
         async with lbclient.aio.insecure_channel(fleet3.target) as ch:

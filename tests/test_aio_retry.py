@@ -401,7 +401,7 @@ def test_retry_throttling_stops_retries() -> None:
                     attempts.append(a.calls + b.calls - n)
                 # 4 tokens: at 2 (= maxTokens/2) retries stop; each failure takes one
                 assert attempts == [2, 1, 1, 1], attempts
-                assert ch._throttle is not None and ch._throttle.tokens == 0
+                assert ch._ctx.throttle is not None and ch._ctx.throttle.tokens == 0
 
         run(body)
 
@@ -455,7 +455,7 @@ def test_throttled_hedging_sends_no_more_hedges(fleet_factory: Any) -> None:
                 assert info.value.code() is UNAVAILABLE
             # 2 tokens: the first call's failures take them below maxTokens/2 and its
             # pending hedges stop; later calls send only their first attempt
-            assert ch._throttle is not None and ch._throttle.tokens == 0
+            assert ch._ctx.throttle is not None and ch._ctx.throttle.tokens == 0
             fleet.reset_counters()
             with pytest.raises(grpc.aio.AioRpcError):
                 await stub.Unary(_req(), timeout=5)

@@ -12,9 +12,10 @@ import grpc
 import grpc.aio
 import pytest
 
-from lbclient.aio._attempt import aio_error, with_attempts
-from lbclient.aio._replay import AsyncRequestReplay, WriteSource
-from lbclient.aio._status import CANCELLED, Status
+from lbclient._async.errors import aio_error, with_attempts
+from lbclient._async.replay import AsyncReplay as AsyncRequestReplay
+from lbclient._async.replay import WriteSource
+from lbclient._async.status import CANCELLED, Status
 
 
 def run(coro: Any) -> Any:

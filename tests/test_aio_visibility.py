@@ -112,7 +112,7 @@ def test_listeners_run_on_the_loop_in_order(fleet_factory: Any) -> None:
             n = len(calls)
             ch.remove_call_listener(calls.append)          # not registered: no-op
             ch.remove_call_listener(ch._call_listeners[0])
-            assert ch._call_listener is None
+            assert ch._ctx.call_listener is None
             await stub.Unary(REQ, timeout=5)
             assert len(calls) == n
 

@@ -156,10 +156,11 @@ def test_overhead_smoke_gives_finite_ratios_for_every_variant() -> None:
         assert m[f"t{t}.raw.cpu_vs_raw"] == 1.0
     # the goals table, then one table per thread count; every variant reached its backends
     assert len(section.tables) == 1 + len(bench_overhead.SMOKE.threads)
-    assert [row[0] for row in section.tables[0].rows] == [
-        str(t) for t in bench_overhead.SMOKE.threads]
+    goals = [(row[0], row[1]) for row in section.tables[0].rows]
+    assert goals == [(str(t), v) for t in bench_overhead.SMOKE.threads
+                     for v in ("lbclient round_robin", "lbclient round_robin + retryPolicy")]
     for table in section.tables[1:]:
-        assert [row[5] for row in table.rows] == ["1/1", "3/3", "3/3"]
+        assert [row[5] for row in table.rows] == ["1/1", "3/3", "3/3", "3/3"]
     text = run.render([(run.Scenario("overhead", "benchmarks.bench_overhead"), section)],
                       {}, "cmd", "smoke", section.seconds)
     assert "## Overhead" in text and "calls/s ÷ native rr" in text

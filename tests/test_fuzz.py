@@ -23,6 +23,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from helpers import ConnectionStub, FactoryStub
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -163,7 +164,7 @@ def channel() -> Iterator[lbclient.LoadBalancedChannel]:
         yield ch
 
 
-class _Handle:
+class _Handle(ConnectionStub):
     def __init__(self, on_state: Any) -> None:
         self.on_state = on_state
 
@@ -174,7 +175,7 @@ class _Handle:
         pass
 
 
-class _Factory:
+class _Factory(FactoryStub):
     """Connections that exist only as handles (the test makes them READY)."""
 
     def __init__(self) -> None:

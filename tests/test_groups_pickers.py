@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
+from helpers import ConnectionStub, FactoryStub
 
 from lbclient import Endpoint
 from lbclient.balancer import (
@@ -479,7 +480,7 @@ def test_locality_key() -> None:
 
 
 # ------------------------------------------------------------------ the balancer hook
-class FakeHandle:
+class FakeHandle(ConnectionStub):
     def request_connection(self) -> None:
         pass
 
@@ -487,7 +488,7 @@ class FakeHandle:
         pass
 
 
-class FakeFactory:
+class FakeFactory(FactoryStub):
     def create(self, endpoint: Endpoint, on_state: Callable[[Any], None]) -> FakeHandle:
         return FakeHandle()
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
+from helpers import ConnectionStub, FactoryStub
 
 from lbclient.balancer.balancer import Balancer
 from lbclient.balancer.picker import CallOutcome, Candidate, FailingPicker, PickInfo
@@ -60,7 +61,7 @@ class ManualScheduler:
         self.clock.t = end
 
 
-class Handle:
+class Handle(ConnectionStub):
     def __init__(self, endpoint: Endpoint, on_state: Callable[[Connectivity], None]) -> None:
         self.endpoint, self.address, self.on_state = endpoint, endpoint.address, on_state
         self.closed = False
@@ -72,7 +73,7 @@ class Handle:
         self.closed = True
 
 
-class Factory:
+class Factory(FactoryStub):
     def __init__(self) -> None:
         self.handles: dict[str, Handle] = {}
 
@@ -91,6 +92,9 @@ class Checker:
 
     def stop(self) -> None:
         self.stopped = True
+
+    def join(self, timeout: float) -> None:
+        pass
 
 
 class HealthFactory:

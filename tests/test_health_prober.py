@@ -14,23 +14,23 @@ import grpc
 import pytest
 from helpers import wait_until
 
-from lbclient._scheduler import ThreadScheduler
-from lbclient.config import HealthCheckConfig
-from lbclient.health.prober import (
+from lbclient._sync.health import (
     READMIT_PROBE_INTERVAL,
     GrpcHealthCheckerFactory,
     PollChecker,
     WatchChecker,
 )
+from lbclient._sync.scheduler import ThreadScheduler
+from lbclient.config import HealthCheckConfig
 from lbclient.health.tracker import HealthReport
 from lbclient.testing import Backend
 
 
 @dataclass
 class Handle:
-    """What the prober needs from a subchannel: its grpc channel and address."""
+    """What the prober needs from a subchannel: grpc's own channel and the address."""
 
-    channel: grpc.Channel
+    raw: grpc.Channel
     address: str
 
 

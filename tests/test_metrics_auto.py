@@ -74,11 +74,11 @@ def test_without_the_switch_nothing_is_attached(fleet_factory: FleetFactory,
     fleet = fleet_factory(1)
     with lbclient.insecure_channel(fleet.target) as channel:
         assert channel._call_listeners == ()
-        assert channel._invoker.call_listener is None          # no per-call cost at all
+        assert channel._ctx.call_listener is None          # no per-call cost at all
         m = metrics.instrument(channel)
         assert len(channel._call_listeners) == 1
         m.attachment.detach()
-        assert channel._call_listeners == () and channel._invoker.call_listener is None
+        assert channel._call_listeners == () and channel._ctx.call_listener is None
 
 
 def test_asyncio_channels_are_instrumented_too(fleet_factory: FleetFactory,
@@ -88,11 +88,11 @@ def test_asyncio_channels_are_instrumented_too(fleet_factory: FleetFactory,
 
     async def run() -> None:
         async with lbclient.aio.insecure_channel(fleet.target) as channel:
-            assert channel._call_listener is None               # no per-call cost unset
+            assert channel._ctx.call_listener is None           # no per-call cost unset
             m = metrics.instrument(channel)
-            assert channel._call_listener is not None
+            assert channel._ctx.call_listener is not None
             m.attachment.detach()
-            assert channel._call_listeners == () and channel._call_listener is None
+            assert channel._call_listeners == () and channel._ctx.call_listener is None
         with pytest.raises(TypeError, match="needs a channel with add_call_listener"):
             metrics.attach(object(), metrics.ChannelMetrics("t", list))
 

@@ -25,7 +25,8 @@ from test_stress import Factory, NoTimers
 
 import lbclient
 from lbclient import Connectivity, Endpoint, PickInfo
-from lbclient._replay import CHANNEL_LIMIT, DEFAULT_LIMIT, ReplayBudget, RequestReplay
+from lbclient._core.replay import CHANNEL_LIMIT, DEFAULT_LIMIT, ReplayBudget
+from lbclient._sync.replay import SyncReplay as RequestReplay
 from lbclient.balancer.balancer import Balancer
 from lbclient.config import parse_service_config
 from lbclient.metrics._core import MAX_ENDPOINTS, OTHER, ChannelMetrics
@@ -194,7 +195,7 @@ def test_retried_streams_give_their_buffer_back(fleet: Fleet) -> None:
         assert stub.ClientStream(iter(reqs), timeout=5).index == 5
         future = stub.ClientStream.future(iter(reqs), timeout=5)
         assert future.result().index == 5
-        budget = ch._retrier.replay_budget
+        budget = ch._ctx.replay_budget
         assert budget.limit == CHANNEL_LIMIT
         del future
         gc.collect()

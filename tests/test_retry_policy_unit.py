@@ -1,27 +1,28 @@
-"""The retry decision (tenacity strategies), backoff, pushback, throttle and request replay,
-driven directly with a fake clock and a controlled random source (no sleeping)."""
+"""The gRFC A6 retry plan (decision, backoff, pushback, throttle) and request replay, driven
+directly with a fake clock and a controlled random source (no sleeping)."""
 
 from __future__ import annotations
 
+import queue
 import random
+import threading
 from typing import Any
 
 import grpc
 import pytest
 
-from lbclient._replay import RequestReplay, message_size
-from lbclient._retry_call import (
+from lbclient._core.metadata import (
     PREVIOUS_ATTEMPTS,
     REQUEST_PREVIOUS_ATTEMPTS,
-    RetriedCall,
-    RetriedRpcError,
     attempt_metadata,
     parse_pushback,
-    with_attempts,
 )
-from lbclient._retry_state import CallRetry
-from lbclient._rpc_error import LocalRpcError
-from lbclient._throttle import RetryThrottle
+from lbclient._core.replay import message_size
+from lbclient._core.retry_plan import RetryPlan
+from lbclient._core.throttle import RetryThrottle
+from lbclient._sync.errors import LocalRpcError
+from lbclient._sync.future import RetriedCall, RetriedRpcError, with_attempts
+from lbclient._sync.replay import SyncReplay
 from lbclient.method_config import RetryPolicy, RetryThrottling
 from lbclient.testing import echo_pb2
 
@@ -59,22 +60,29 @@ def policy(max_attempts: int = 5, initial: float = 0.1, maximum: float = 1.0,
     return RetryPolicy(max_attempts, initial, maximum, multiplier, codes, per_attempt)
 
 
+class Plan(RetryPlan):
+    """A plan for one call whose channel may be closed (what the drivers pass)."""
+
+    closed = False
+
+
 def ctl_for(p: RetryPolicy | None = None, deadline: float | None = None, *,
             clock: Clock | None = None, rng: random.Random | None = None,
-            throttle: RetryThrottle | None = None, closed: bool = False) -> CallRetry:
-    ctl = CallRetry(p or policy(), deadline, throttle=throttle, closed=lambda: closed,
-                    clock=clock or Clock(), rng=rng or UpperRng(), sleep=lambda s: None)
-    ctl.begin_attempt(())
+            throttle: RetryThrottle | None = None, closed: bool = False) -> Plan:
+    ctl = Plan(p or policy(), deadline, throttle=throttle, clock=clock or Clock(),
+               rng=rng or UpperRng())
+    ctl.closed = closed
+    ctl.start_attempt(())
     return ctl
 
 
-def fail(ctl: CallRetry, error: BaseException | None = None) -> float | None:
-    """Record a failed attempt; return the decision (and move on when it is a retry)."""
-    ctl.record(error if error is not None else Failure())
-    delay = ctl.decide()
+def fail(ctl: Plan, error: Failure | None = None) -> float | None:
+    """Report a failed attempt; return the decision (and start the next attempt when it
+    is a retry), as a driver does."""
+    error = error if error is not None else Failure()
+    delay = ctl.failed(error.code().name, error.trailing_metadata(), closed=ctl.closed)
     if delay is not None:
-        ctl.next_attempt()
-        ctl.begin_attempt(())
+        ctl.start_attempt(())
     return delay
 
 
@@ -132,17 +140,26 @@ def test_a_listed_code_is_retried_and_the_list_is_per_policy() -> None:
     assert fail(ctl, Failure(grpc.StatusCode.UNAVAILABLE)) is None
 
 
-def test_non_rpc_errors_are_not_retried() -> None:
+def test_a_stream_that_cannot_be_replayed_is_not_retried() -> None:
     ctl = ctl_for()
-    assert fail(ctl, ValueError("a bug")) is None
+    assert ctl.failed("UNAVAILABLE", (), replayable=False) is None
 
 
 def test_success_ends_and_refunds_the_throttle() -> None:
     throttle = RetryThrottle(10, 0.5, tokens=7)
     ctl = ctl_for(throttle=throttle)
-    ctl.record(None, "response")
-    assert ctl.decide() is None
+    ctl.succeeded()
     assert throttle.tokens == 7.5
+
+
+def test_a_committed_calls_outcome_is_booked_with_the_throttle() -> None:
+    throttle = RetryThrottle(10, 0.5, tokens=7)
+    ctl = ctl_for(throttle=throttle)
+    ctl.committed = True
+    ctl.final_outcome("UNAVAILABLE")      # retryable code: a token, though not retried
+    ctl.final_outcome("INTERNAL")         # not retryable: no token
+    ctl.final_outcome("OK")
+    assert throttle.tokens == 6.5
 
 
 def test_deadline_stops_when_the_next_backoff_does_not_fit() -> None:
@@ -210,7 +227,7 @@ PUSHBACK_TABLE = [
 
 @pytest.mark.parametrize(("trailing", "expected"), PUSHBACK_TABLE)
 def test_parse_pushback(trailing: tuple[Any, ...], expected: tuple[bool, float | None]) -> None:
-    assert parse_pushback(Failure(trailing=trailing)) == expected
+    assert parse_pushback(trailing) == expected
 
 
 def test_throttle_blocks_retries_at_half_and_recovers() -> None:
@@ -274,36 +291,6 @@ def test_per_attempt_timeout_makes_deadline_exceeded_retryable() -> None:
     assert fail(plain, Failure(grpc.StatusCode.DEADLINE_EXCEEDED)) is None
 
 
-def test_blocking_driver_is_tenacity_retrying() -> None:
-    slept: list[float] = []
-    outcomes: list[Any] = [Failure(), Failure(), "ok"]
-    ctl = CallRetry(policy(), None, rng=UpperRng(), sleep=slept.append)
-
-    def attempt() -> Any:
-        ctl.begin_attempt(())
-        out = outcomes.pop(0)
-        if isinstance(out, BaseException):
-            raise out
-        return out
-
-    assert ctl.retrying(attempt) == "ok"
-    assert slept == [0.1, 0.2] and ctl.attempts == 3 and ctl.previous == 2
-
-
-def test_blocking_driver_reraises_the_last_error() -> None:
-    ctl = CallRetry(policy(max_attempts=3), None, rng=UpperRng(), sleep=lambda s: None)
-    errors = [Failure(), Failure(), Failure(grpc.StatusCode.UNAVAILABLE)]
-    last = errors[-1]
-
-    def attempt() -> Any:
-        ctl.begin_attempt(())
-        raise errors.pop(0)
-
-    with pytest.raises(grpc.RpcError) as info:
-        ctl.retrying(attempt)
-    assert info.value is last
-
-
 def test_attempt_metadata_and_wrappers() -> None:
     assert attempt_metadata(None, 0) is None
     assert attempt_metadata([("a", "1")], 2) == (("a", "1"), (REQUEST_PREVIOUS_ATTEMPTS, "2"))
@@ -339,7 +326,7 @@ def _requests(n: int, size: int = 10) -> list[echo_pb2.EchoRequest]:
 
 def test_replay_gives_every_attempt_the_whole_stream() -> None:
     reqs = _requests(5)
-    replay = RequestReplay(iter(reqs), limit=10_000)
+    replay = SyncReplay(iter(reqs), limit=10_000)
     first = replay.view()
     assert first is not None
     assert [next(first) for _ in range(3)] == reqs[:3]      # attempt 1 read 3, then failed
@@ -353,7 +340,7 @@ def test_replay_gives_every_attempt_the_whole_stream() -> None:
 def test_replay_commits_past_the_limit_and_keeps_the_stream_whole() -> None:
     reqs = _requests(10, size=100)
     limit = 3 * message_size(reqs[0], None)
-    replay = RequestReplay(iter(reqs), limit=limit)
+    replay = SyncReplay(iter(reqs), limit=limit)
     view = replay.view()
     assert view is not None
     got = [next(view) for _ in range(4)]                     # the 4th overflows the buffer
@@ -365,7 +352,7 @@ def test_replay_commits_past_the_limit_and_keeps_the_stream_whole() -> None:
 
 def test_replay_commit_by_first_response_frees_the_buffer() -> None:
     reqs = _requests(4)
-    replay = RequestReplay(iter(reqs))
+    replay = SyncReplay(iter(reqs), limit=10_000)
     view = replay.view()
     assert view is not None and next(view) == reqs[0]
     replay.commit(view)
@@ -378,7 +365,7 @@ def test_replay_source_error_commits() -> None:
         yield echo_pb2.EchoRequest(message="a")
         raise RuntimeError("broken generator")
 
-    replay = RequestReplay(source())
+    replay = SyncReplay(source(), limit=10_000)
     view = replay.view()
     assert view is not None and next(view).message == "a"
     with pytest.raises(RuntimeError):
@@ -392,3 +379,61 @@ def test_message_size() -> None:
     assert message_size(b"abc", None) == 3
     assert message_size("text", lambda s: s.encode() * 2) == 8
     assert message_size(object(), None) == 0
+
+
+def test_replay_never_reads_the_source_under_its_lock() -> None:
+    """Ping-pong: the caller's iterator blocks until a response was read, and the
+    response path commits the call meanwhile (that used to deadlock)."""
+    feed: queue.Queue[Any] = queue.Queue()
+
+    def source() -> Any:
+        while True:
+            item = feed.get(timeout=5)
+            if item is None:
+                return
+            yield item
+
+    replay = SyncReplay(source(), limit=10_000)
+    view = replay.view()
+    assert view is not None
+    got: list[Any] = []
+    reader = threading.Thread(target=lambda: got.extend(view), daemon=True)
+    reader.start()                           # grpc's request thread, blocked in source()
+    committed = threading.Event()
+    threading.Thread(target=lambda: (replay.commit(view), committed.set()),
+                     daemon=True).start()    # the first response arrives meanwhile
+    assert committed.wait(2), "commit waited for the request source"
+    reqs = _requests(2)
+    for r in reqs:
+        feed.put(r)
+    feed.put(None)
+    reader.join(5)
+    assert not reader.is_alive() and got == reqs
+
+
+def test_a_new_attempt_waits_for_the_message_an_old_one_is_reading() -> None:
+    feed: queue.Queue[Any] = queue.Queue()
+
+    def source() -> Any:
+        while True:
+            item = feed.get(timeout=5)
+            if item is None:
+                return
+            yield item
+
+    replay = SyncReplay(source(), limit=10_000)
+    first = replay.view()
+    assert first is not None
+    old: list[Any] = []
+    threading.Thread(target=lambda: old.extend(first), daemon=True).start()
+    second = replay.view()                   # a retry, while attempt 1 waits in source()
+    assert second is not None
+    new: list[Any] = []
+    reader = threading.Thread(target=lambda: new.extend(second), daemon=True)
+    reader.start()
+    reqs = _requests(3)
+    for r in reqs:
+        feed.put(r)
+    feed.put(None)
+    reader.join(5)
+    assert new == reqs and old == []         # each message once, to the current attempt

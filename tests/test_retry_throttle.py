@@ -47,7 +47,7 @@ def test_throttling_stops_retries_when_most_attempts_fail(
     # 10 tokens: 10->9->8->7 (3 attempts, maxAttempts), 7->6->5 (5 is not above 10/2),
     # then every failure leaves the count at or below 5: the first attempt only.
     assert attempts == [3, 2] + [1] * 10
-    throttle = ch._retrier.throttle
+    throttle = ch._ctx.throttle
     assert throttle is not None and throttle.tokens == 0
 
 
@@ -79,5 +79,5 @@ def test_non_retryable_failures_cost_no_tokens(
     for _ in range(8):
         with pytest.raises(grpc.RpcError):
             stub.Unary(echo_pb2.EchoRequest(message="t"), timeout=5)
-    throttle = ch._retrier.throttle
+    throttle = ch._ctx.throttle
     assert throttle is not None and throttle.tokens == 10

@@ -411,10 +411,12 @@ def test_unimplemented_health_service_is_reported_once() -> None:
 
 
 def test_readmit_probe_interval_matches_the_real_prober() -> None:
-    from lbclient.health import prober
+    from lbclient._async import health as aio_health
+    from lbclient._sync import health as sync_health
     from lbclient.simulate import backend as sim_backend
 
-    assert sim_backend.READMIT_PROBE_INTERVAL == prober.READMIT_PROBE_INTERVAL
+    assert sim_backend.READMIT_PROBE_INTERVAL == sync_health.READMIT_PROBE_INTERVAL \
+        == aio_health.READMIT_PROBE_INTERVAL
 
 
 # ---------------------------------------------------------------------------- whole runs

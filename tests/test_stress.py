@@ -24,7 +24,7 @@ from typing import Any
 
 import grpc
 import pytest
-from helpers import wait_until
+from helpers import ConnectionStub, FactoryStub, wait_until
 
 import lbclient
 from lbclient import (
@@ -48,7 +48,7 @@ STATES = [Connectivity.READY, Connectivity.READY, Connectivity.TRANSIENT_FAILURE
           Connectivity.IDLE, Connectivity.CONNECTING]
 
 
-class Handle:
+class Handle(ConnectionStub):
     def __init__(self, address: str, on_state: Callable[[Connectivity], None]) -> None:
         self.address, self.on_state = address, on_state
 
@@ -59,7 +59,7 @@ class Handle:
         pass
 
 
-class Factory:
+class Factory(FactoryStub):
     def __init__(self) -> None:
         self.handles: dict[str, Handle] = {}
 
@@ -73,6 +73,9 @@ class Checker:
         pass
 
     def stop(self) -> None:
+        pass
+
+    def join(self, timeout: float) -> None:
         pass
 
 

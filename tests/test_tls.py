@@ -21,7 +21,7 @@ from _certs import KeyPair, Pki
 from helpers import code_of, wait_until
 
 import lbclient
-from lbclient._subchannel import logical_authority, with_authority
+from lbclient._core.transport import logical_authority, with_authority
 from lbclient.resolver import parse_target
 from lbclient.testing import Fleet, echo_pb2, echo_pb2_grpc
 

@@ -1,15 +1,13 @@
 """asyncio channels: ``lbclient.aio.insecure_channel`` / ``secure_channel`` implement
 ``grpc.aio.Channel`` with the same resolvers, balancer, policies and config as the sync
-channel."""
+channel (implemented in ``lbclient._async``)."""
 
-from ._channel import LoadBalancedChannel, insecure_channel, secure_channel
+from .._async.channel import LoadBalancedChannel, insecure_channel, secure_channel
+
+# Import the built-in policies (and, through lbclient.resolver, the resolvers) now, not
+# lazily inside the event loop where the first channel would block it on imports.
+from ..balancer.policy import registered_policies as _policies  # noqa: E402
 
 __all__ = ["LoadBalancedChannel", "insecure_channel", "secure_channel"]
 
-# Import the built-in policies and resolvers now, not lazily inside the event loop where
-# the first channel would otherwise block the loop on module imports.
-from ..balancer.policy import registered_policies as _policies  # noqa: E402
-from ..resolver.base import registered_schemes as _schemes  # noqa: E402
-
 _policies()
-_schemes()

@@ -40,23 +40,47 @@ from .policy import Policy, PolicyContext, PolicySpec
 
 log = logging.getLogger("lbclient.balancer")
 
-__all__ = ["Balancer", "EndpointInfo", "EndpointRecord", "HealthChecker",
+__all__ = ["Balancer", "Connection", "EndpointInfo", "EndpointRecord", "HealthChecker",
            "HealthCheckerFactory", "SubchannelFactory", "SubchannelHandle"]
 
 
-class SubchannelHandle(Protocol):
+class Connection(Protocol):
+    """One endpoint's connection, as the balancer and the call drivers use it (made by a
+    :class:`SubchannelFactory`; the sync and asyncio channels each have one)."""
+
+    address: str
+
     def request_connection(self) -> None:
         """Start connecting if idle (non-blocking)."""
+
+    def poll(self) -> bool:
+        """Re-read the connectivity now (a call just failed UNAVAILABLE); True if it
+        changed. A connection whose changes are pushed may do nothing."""
+
+    def connection_error(self) -> str | None:
+        """Why the connection failed, as the transport tells it (refused, TLS...), while
+        it is in TRANSIENT_FAILURE and known; None otherwise. Never blocks."""
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`shutdown` was called."""
 
     def shutdown(self) -> None:
         """Close the connection; called once, after its in-flight calls have ended."""
 
 
+SubchannelHandle = Connection   # the name before the call path's rewrite
+
+
 class SubchannelFactory(Protocol):
     def create(self, endpoint: Endpoint,
-               on_state: Callable[[Connectivity], None]) -> SubchannelHandle:
+               on_state: Callable[[Connectivity], None]) -> Connection:
         """Open a connection to ``endpoint``; ``on_state`` receives its connectivity
         changes from any thread. Must not block."""
+
+    def set_batcher(self, batch: Callable[[], Any]) -> None:
+        """The balancer's :meth:`Balancer.batch`, for factories that deliver many
+        changes at once (a connectivity sweep): one picker rebuild for all of them."""
 
 
 class Balancer(EndpointFitness):
@@ -70,9 +94,7 @@ class Balancer(EndpointFitness):
         # must not rebuild the picker for each of them).
         self._batch_depth = 0
         self._dirty = False
-        set_batcher = getattr(factory, "set_batcher", None)
-        if set_batcher is not None:
-            set_batcher(self.batch)
+        factory.set_batcher(self.batch)
         self._clock = clock
         self._rng = rng or random.Random()
         self._scheduler = scheduler
@@ -315,7 +337,11 @@ class Balancer(EndpointFitness):
                 r.effective_weight = w * factor
                 candidates.append(c.with_weight(w * factor))
             self.picker = policy.build_picker(candidates)
-        self.state = aggregate([r.connectivity for r in records])
+        if records:
+            self.state = aggregate([r.connectivity for r in records])
+        else:   # IDLE until the resolver has answered, as a fresh grpc channel is
+            self.state = (Connectivity.TRANSIENT_FAILURE
+                          if self._resolved_once or self._resolver_error else Connectivity.IDLE)
         self._changed.notify_all()
 
     def _slow_start_factor(self, rec: EndpointRecord, now: float) -> float:
@@ -474,9 +500,7 @@ class Balancer(EndpointFitness):
         for rec in records:
             rec.handle.shutdown()
         for checker in stop:
-            join = getattr(checker, "join", None)
-            if join is not None:
-                join(2.0)
+            checker.join(2.0)
         self._after_change()
 
     @property

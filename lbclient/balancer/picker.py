@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import math
 import threading
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -88,7 +87,7 @@ class EndpointStats:
     becomes True when :meth:`when_idle` is called, i.e. the endpoint was removed: a call
     that begins afterwards must not start on its closing connection.
 
-    Threading: the per-call methods take no lock. In-flight calls are tokens in a deque
+    Threading: the per-call methods take no lock. In-flight calls are tokens in a list
     and counters are ``itertools.count`` objects, whose appends, pops and increments are
     atomic in CPython; the latency averages are plain stores, so two calls ending at the
     same instant may each count as the last sample (harmless for an average).
@@ -101,7 +100,7 @@ class EndpointStats:
 
     def __init__(self, clock: Callable[[], float], decay_time: float = 10.0) -> None:
         self._lock = threading.Lock()
-        self._active: deque[None] = deque()
+        self._active: list[None] = []
         self._picks = itertools.count()
         self._calls = itertools.count()
         self._failures = itertools.count()
@@ -184,6 +183,13 @@ class EndpointStats:
         window = self.window
         if window is not None:
             window.add(failure, now)
+        if self._idle_callback is not None:
+            self._run_idle()
+
+    def discard(self) -> None:
+        """Undo a :meth:`begin` whose call never started (a pick counted at pick time
+        and then not used); the pick itself stays counted."""
+        self._active.pop()
         if self._idle_callback is not None:
             self._run_idle()
 

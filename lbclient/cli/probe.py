@@ -35,7 +35,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .._subchannel import grpc_target, logical_authority
+from .._core.transport import grpc_target, logical_authority
 from ..config import parse_service_config
 from ..endpoint import Endpoint
 from ..errors import InvalidTargetError, ResolverError, ServiceConfigError

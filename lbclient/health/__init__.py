@@ -3,8 +3,8 @@
 Everything exported here is pure (stdlib only) and shared by the sync and asyncio
 channels: outlier math (:class:`OutlierDetector`), health thresholds
 (:class:`HealthTracker`), slow start and panic options, recent-window counters and
-endpoint events. The grpc prober lives in :mod:`lbclient.health.prober` and is imported
-only by the channel.
+endpoint events. The grpc.health.v1 checkers are the channels' own
+(``lbclient._sync.health``, ``lbclient._async.health``).
 """
 
 from .codes import ALL_FAILURE_CODES, SERVER_FAILURE_CODES, parse_status_codes

@@ -39,6 +39,9 @@ class HealthChecker(Protocol):
     def stop(self) -> None:
         """Stop probing (non-blocking, idempotent); later reports are ignored."""
 
+    def join(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) for a stopped checker's thread, if it has one."""
+
 
 class HealthCheckerFactory(Protocol):
     def start(self, handle: Any, config: Any,

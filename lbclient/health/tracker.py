@@ -1,9 +1,10 @@
 """Active health state of one endpoint, from probe reports (pure; stdlib only).
 
-The prober (``lbclient.health.prober``, the only grpc user here) turns grpc.health.v1
-answers into :class:`HealthReport` values; a :class:`HealthTracker` turns reports into a
-state with the thresholds of ``healthCheckConfig``. The same tracker serves the sync and
-the asyncio channel. Not thread-safe: its owner (the balancer) serialises reports.
+The channels' checkers (``lbclient._sync.health``, ``lbclient._async.health``) turn
+grpc.health.v1 answers into :class:`HealthReport` values; a :class:`HealthTracker` turns
+reports into a state with the thresholds of ``healthCheckConfig``. The same tracker
+serves the sync and the asyncio channel. Not thread-safe: its owner (the balancer)
+serialises reports.
 
 States: ``pending`` (connected, no answer yet: not usable, as gRFC A17 keeps such a
 subchannel CONNECTING), ``healthy``, ``unhealthy``, ``disabled`` (the server does not
@@ -132,3 +133,16 @@ class Backoff:
         base = self._next
         self._next = min(self._next * self.multiplier, self.maximum)
         return base * (1.0 + self._rng.uniform(-self.jitter, self.jitter))
+
+
+# Watch mode: Check probes while an endpoint is ejected run every min(interval, this)
+# seconds, so readmission can count good probes (both flavours' checkers).
+READMIT_PROBE_INTERVAL = 1.0
+
+# grpc.health.v1 ServingStatus names by number (no grpc import here).
+_SERVING_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+
+
+def status_detail(status: int) -> str:
+    """A health answer's ServingStatus as its name ("NOT_SERVING")."""
+    return _SERVING_STATUS.get(status, f"status {status}")

@@ -1,0 +1,63 @@
+""":class:`CallContext`: what a channel gives its call drivers.
+
+Drivers (``lbclient._sync``, ``lbclient._async``) read these attributes and never a
+channel's private fields; only the channel writes them: ``closed`` when it closes, the
+rest when a service config is applied (each attribute is replaced whole, so a call reads a
+consistent value without a lock), then ``generation`` is bumped so call sites refresh
+their cached method config.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from ..balancer.balancer import Balancer
+from ..balancer.picker import CallOutcome
+from ..health.codes import SERVER_FAILURE_CODES
+from ..method_config import MethodConfig, MethodConfigTable
+from .kinds import CallKind, CallSite, SiteTable
+from .replay import ReplayBudget
+from .throttle import RetryThrottle
+
+CallListener = Callable[[str, CallOutcome], None]
+
+
+class CallContext:
+    __slots__ = ("balancer", "closed", "generation", "methods", "failure_codes",
+                 "call_listener", "throttle", "replay_budget", "rng", "sites")
+
+    def __init__(self, balancer: Balancer) -> None:
+        self.balancer = balancer
+        self.closed = False
+        self.generation = 0
+        self.methods = MethodConfigTable(())
+        # Status codes that count as an endpoint failure (passive health).
+        self.failure_codes: frozenset[str] = SERVER_FAILURE_CODES
+        # fn(address, outcome) after every attempt, or None (then nothing is built for it).
+        self.call_listener: CallListener | None = None
+        self.throttle: RetryThrottle | None = None      # gRFC A6 retryThrottling
+        self.replay_budget = ReplayBudget()             # every call's replay buffers
+        self.rng = random.Random()                       # retry backoff jitter
+        self.sites = SiteTable()
+
+    def site(self, kind: CallKind, method: str, ser: object, deser: object,
+             registered: bool) -> CallSite:
+        return self.sites.get(kind, method, ser, deser, registered)
+
+    def config_for(self, site: CallSite) -> MethodConfig | None:
+        """The method config of ``site`` (cached on the site per config generation)."""
+        generation = self.generation
+        if site.generation != generation:
+            site.config = self.methods.lookup(site.method) if self.methods else None
+            site.generation = generation
+        config: MethodConfig | None = site.config
+        return config
+
+    def set_methods(self, methods: MethodConfigTable, throttle: RetryThrottle | None,
+                    failure_codes: frozenset[str]) -> None:
+        """A new service config's method table, throttle and failure codes."""
+        self.methods = methods
+        self.throttle = throttle
+        self.failure_codes = failure_codes
+        self.generation += 1

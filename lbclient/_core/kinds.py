@@ -1,0 +1,88 @@
+"""Call kinds and call sites.
+
+A :class:`CallSite` is one method of one channel as its multicallables see it: kind, full
+method name, serializers. Sites are interned per channel (:meth:`SiteTable.get`), so every
+stub of the same method shares one site, and an endpoint connection can cache its own
+grpc multicallable per site with a dict keyed by identity.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from ..balancer.picker import PickInfo
+
+
+class CallKind(enum.Enum):
+    UNARY_UNARY = "unary_unary"
+    UNARY_STREAM = "unary_stream"
+    STREAM_UNARY = "stream_unary"
+    STREAM_STREAM = "stream_stream"
+
+    @property
+    def streams_requests(self) -> bool:
+        return self in (CallKind.STREAM_UNARY, CallKind.STREAM_STREAM)
+
+    @property
+    def streams_responses(self) -> bool:
+        return self in (CallKind.UNARY_STREAM, CallKind.STREAM_STREAM)
+
+
+class CallSite:
+    """One method as a channel calls it. ``info`` is the pick of a call without metadata
+    (shared, immutable); ``generation``/``config`` cache the method config (see
+    :meth:`lbclient._core.context.CallContext.config_for`)."""
+
+    __slots__ = ("kind", "method", "ser", "deser", "registered", "info", "generation",
+                 "config", "__weakref__")
+
+    def __init__(self, kind: CallKind, method: str, ser: Any, deser: Any,
+                 registered: bool) -> None:
+        self.kind = kind
+        self.method = method
+        self.ser = ser
+        self.deser = deser
+        self.registered = registered
+        self.info = PickInfo(method)
+        self.generation = -1
+        self.config: Any = None
+
+    def __repr__(self) -> str:
+        return f"CallSite({self.kind.value}, {self.method!r})"
+
+
+class SiteTable:
+    """Interns call sites: one per (kind, method, serializers) and channel. Thread-safe
+    (a lock only when a multicallable is made, never per call)."""
+
+    def __init__(self) -> None:
+        self._sites: dict[tuple[Any, ...], CallSite] = {}
+        self._lock = threading.Lock()
+
+    def get(self, kind: CallKind, method: str, ser: Any, deser: Any,
+            registered: bool) -> CallSite:
+        key = (kind, method, ser, deser, registered)
+        site = self._sites.get(key)
+        if site is None:
+            with self._lock:
+                site = self._sites.setdefault(key, CallSite(kind, method, ser, deser,
+                                                            registered))
+        return site
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """Everything about one call that each of its attempts repeats. ``request`` is the
+    request message, or the caller's request iterator (``None`` for a grpc.aio
+    request-streaming call whose caller will ``write()``)."""
+
+    site: CallSite
+    request: Any
+    deadline: float | None
+    metadata: Any
+    wait_for_ready: bool
+    credentials: Any
+    compression: Any

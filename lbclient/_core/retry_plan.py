@@ -1,0 +1,123 @@
+"""One call's gRFC A6 retry decisions (pure: no threads, no I/O, no event loop).
+
+The drivers loop; the plan decides. For every attempt a driver calls
+:meth:`RetryPlan.start_attempt` (which also gives the attempt's request metadata and
+timeout), then reports how it ended: :meth:`succeeded`, or :meth:`failed`, whose answer
+is the backoff before the next attempt or None to stop (the attempt's error is the
+call's). The rules, in the order they apply:
+
+* only a status in ``retryableStatusCodes`` is retried (an attempt cut short by
+  ``perAttemptRecvTimeout`` counts as retryable while the call's deadline is not up);
+* a ``grpc-retry-pushback-ms`` trailer: "don't retry" stops; a delay is used exactly and
+  restarts the exponential backoff;
+* the channel's retry throttle: every retryable failure (and every "don't retry"
+  pushback) takes a token, every success gives some back; no retry while it is low;
+* a committed call is not retried (a response stream past its first message, a
+  request stream past the replay buffer) - ``committed``/``replayable`` say so;
+* at most ``maxAttempts`` attempts;
+* full-jitter backoff ``random(0, min(initialBackoff * backoffMultiplier**(n-1),
+  maxBackoff))`` for the n-th retry, and never a retry whose backoff reaches the call's
+  deadline.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..method_config import RetryPolicy
+from .metadata import attempt_metadata, parse_pushback
+from .throttle import RetryThrottle
+
+
+class RetryPlan:
+    __slots__ = ("policy", "deadline", "throttle", "rng", "clock", "attempts", "tried",
+                 "committed", "cut", "_backoff_from")
+
+    def __init__(self, policy: RetryPolicy, deadline: float | None, *,
+                 throttle: RetryThrottle | None = None, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.policy = policy
+        self.deadline = deadline            # on ``clock``'s time line
+        self.throttle = throttle
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.attempts = 0                   # attempts started
+        self.tried: list[str] = []          # their endpoints, in order
+        self.committed = False              # e.g. a response stream got its first message
+        self.cut = False                    # the current attempt has perAttemptRecvTimeout
+        self._backoff_from = 0              # the attempt after which backoff restarts
+
+    # ------------------------------------------------------------------ attempts
+    def start_attempt(self, metadata: Any) -> Any:
+        """Count a new attempt; return its request metadata."""
+        md = attempt_metadata(metadata, self.attempts)
+        self.attempts += 1
+        self.cut = False
+        return md
+
+    def placed(self, address: str) -> None:
+        """The current attempt went to ``address`` (later picks avoid it)."""
+        self.tried.append(address)
+
+    def exclude(self) -> frozenset[str]:
+        return frozenset(self.tried)
+
+    def attempt_timeout(self, timeout: float | None) -> float | None:
+        """The attempt's grpc timeout: what is left of the call (``timeout``), or the
+        policy's ``perAttemptRecvTimeout`` when that is shorter."""
+        per = self.policy.per_attempt_recv_timeout
+        if per is not None and (timeout is None or per < timeout):
+            self.cut = True
+            return per
+        return timeout
+
+    @property
+    def previous(self) -> int:
+        """Attempts before the current one (what ``grpc-previous-rpc-attempts`` says)."""
+        return max(self.attempts - 1, 0)
+
+    # ------------------------------------------------------------------ outcomes
+    def succeeded(self) -> None:
+        if self.throttle is not None:
+            self.throttle.record_success()
+
+    def failed(self, code: str, trailing: Sequence[Any] | None = (), *,
+               replayable: bool = True, closed: bool = False) -> float | None:
+        """The backoff (seconds) before the next attempt, or None: the call ends with
+        this attempt's error. ``replayable`` False: the request stream can no longer be
+        replayed; ``closed``: the channel is closing."""
+        policy = self.policy
+        retryable = code in policy.retryable_status_codes or (
+            code == "DEADLINE_EXCEEDED" and self.cut
+            and (self.deadline is None or self.clock() < self.deadline))
+        stop, pushback = parse_pushback(trailing)
+        if not retryable and not stop:
+            return None
+        allowed = self.throttle.record_failure() if self.throttle is not None else True
+        if stop or not retryable or not allowed or self.committed or closed \
+                or not replayable or self.attempts >= policy.max_attempts:
+            return None
+        if pushback is not None:
+            delay = pushback
+            self._backoff_from = self.attempts
+        else:
+            n = self.attempts - self._backoff_from
+            high = min(policy.initial_backoff * policy.backoff_multiplier ** (n - 1),
+                       policy.max_backoff)
+            delay = self.rng.uniform(0.0, high)
+        if self.deadline is not None and self.clock() + delay >= self.deadline:
+            return None
+        return delay
+
+    def final_outcome(self, code: str, trailing: Sequence[Any] | None = ()) -> None:
+        """Book a committed call's outcome with the throttle (it was not retried)."""
+        if code == "OK":
+            self.succeeded()
+            return
+        retryable = code in self.policy.retryable_status_codes
+        stop, _ = parse_pushback(trailing)
+        if (retryable or stop) and self.throttle is not None:
+            self.throttle.record_failure()

@@ -1,0 +1,170 @@
+"""The four grpc multicallables of the sync ``LoadBalancedChannel``.
+
+A call without a method config (the common case) goes straight to the hot path: one
+attempt on the picked endpoint with the caller's own arguments (``attempt.blocking``),
+or, for futures and response streams, grpc's own future/stream started on it
+(``attempt.start``) - queued only when no endpoint can take it yet. A call whose method
+config sets a timeout, ``waitForReady``, a ``retryPolicy`` or a ``hedgingPolicy`` gets
+its one deadline fixed here (the caller's timeout, or the config's when shorter) and is
+handed to ``retry``.
+
+Responses, errors, metadata and ``grpc.Call`` objects are grpc's own wherever one attempt
+is the whole call, so callers and interceptors see what a plain grpc channel gives them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from .._core.deadline import deadline_from, remaining
+from .._core.kinds import CallSite, Invocation
+from ..balancer.picker import PickError
+from ..method_config import MethodConfig
+from . import attempt, retry
+from .future import RetryingFuture
+from .picking import Placement
+from .stream import ResponseStream
+
+
+class _MultiCallable:
+    __slots__ = ("_host", "_site")
+
+    def __init__(self, host: Placement, site: CallSite) -> None:
+        self._host = host
+        self._site = site
+
+    def _config(self) -> MethodConfig | None:
+        site, ctx = self._site, self._host.ctx
+        if site.generation == ctx.generation:
+            config: MethodConfig | None = site.config
+            return config
+        return ctx.config_for(site)
+
+    def _invocation(self, config: MethodConfig | None, request: Any, timeout: float | None,
+                    metadata: Any, credentials: Any, wait_for_ready: bool | None,
+                    compression: Any) -> Invocation:
+        deadline = deadline_from(timeout, config.timeout if config is not None else None)
+        if wait_for_ready is None and config is not None:
+            wait_for_ready = config.wait_for_ready
+        return Invocation(self._site, request, deadline, metadata, bool(wait_for_ready),
+                          credentials, compression)
+
+    def _start(self, request: Any, timeout: float | None, metadata: Any, credentials: Any,
+               wait_for_ready: bool | None, compression: Any, how: str) -> Any:
+        """A single-attempt future or response stream without a method config: grpc's
+        own object when an endpoint takes it now, else ours, queued for one."""
+        host, site = self._host, self._site
+        info = attempt.pick_info(site, metadata)
+        try:
+            result = host.ctx.balancer.picker.pick(info)
+        except PickError:
+            result = None
+        if result is not None:
+            started = attempt.start(host, site, result, how, request, timeout, metadata,
+                                    credentials, wait_for_ready, compression)
+            if started is not None:
+                return started[0]
+        inv = self._invocation(None, request, timeout, metadata, credentials,
+                               wait_for_ready, compression)
+        return _queued(host, inv, how)
+
+    def _single(self, inv: Invocation, how: str) -> Any:
+        """:meth:`_start` for a call with a method config (deadline, waitForReady)."""
+        host, site = self._host, self._site
+        try:
+            result = host.ctx.balancer.picker.pick(attempt.pick_info(site, inv.metadata))
+        except PickError:
+            result = None
+        if result is not None:
+            started = attempt.start(host, site, result, how, inv.request,
+                                    remaining(inv.deadline), inv.metadata, inv.credentials,
+                                    inv.wait_for_ready, inv.compression)
+            if started is not None:
+                return started[0]
+        return _queued(host, inv, how)
+
+
+def _queued(host: Placement, inv: Invocation, how: str) -> Any:
+    if how == "future":
+        return RetryingFuture(host, inv).start()
+    return ResponseStream(host, inv).start()
+
+
+class _UnaryResponse(_MultiCallable):
+    """unary-unary and stream-unary: a blocking call, ``with_call`` and ``future``."""
+
+    __slots__ = ()
+
+    def __call__(self, request: Any, timeout: float | None = None, metadata: Any = None,
+                 credentials: Any = None, wait_for_ready: bool | None = None,
+                 compression: Any = None) -> Any:
+        config = self._config()
+        if config is None:
+            return attempt.blocking(self._host, self._site, request, metadata, credentials,
+                                    wait_for_ready, compression, False, timeout=timeout)[0]
+        inv = self._invocation(config, request, timeout, metadata, credentials,
+                               wait_for_ready, compression)
+        return retry.blocking(self._host, inv, config, False)[0]
+
+    def with_call(self, request: Any, timeout: float | None = None, metadata: Any = None,
+                  credentials: Any = None, wait_for_ready: bool | None = None,
+                  compression: Any = None) -> tuple[Any, Any]:
+        config = self._config()
+        if config is None:
+            return attempt.blocking(self._host, self._site, request, metadata, credentials,
+                                    wait_for_ready, compression, True, timeout=timeout)
+        inv = self._invocation(config, request, timeout, metadata, credentials,
+                               wait_for_ready, compression)
+        return retry.blocking(self._host, inv, config, True)
+
+    def future(self, request: Any, timeout: float | None = None, metadata: Any = None,
+               credentials: Any = None, wait_for_ready: bool | None = None,
+               compression: Any = None) -> Any:
+        config = self._config()
+        if config is None:
+            return self._start(request, timeout, metadata, credentials, wait_for_ready,
+                               compression, "future")
+        inv = self._invocation(config, request, timeout, metadata, credentials,
+                               wait_for_ready, compression)
+        if config.retry_policy is None and config.hedging_policy is None:
+            return self._single(inv, "future")
+        return retry.future(self._host, inv, config)
+
+
+class _StreamResponse(_MultiCallable):
+    """unary-stream and stream-stream: grpc's own response iterator/Call when one attempt
+    is the whole call."""
+
+    __slots__ = ()
+
+    def __call__(self, request: Any, timeout: float | None = None, metadata: Any = None,
+                 credentials: Any = None, wait_for_ready: bool | None = None,
+                 compression: Any = None) -> Any:
+        config = self._config()
+        if config is None:
+            return self._start(request, timeout, metadata, credentials, wait_for_ready,
+                               compression, "stream")
+        inv = self._invocation(config, request, timeout, metadata, credentials,
+                               wait_for_ready, compression)
+        if config.retry_policy is not None:
+            return retry.stream(self._host, inv, config)
+        return self._single(inv, "stream")
+
+
+class UnaryUnary(_UnaryResponse, grpc.UnaryUnaryMultiCallable):
+    __slots__ = ()
+
+
+class StreamUnary(_UnaryResponse, grpc.StreamUnaryMultiCallable):
+    __slots__ = ()
+
+
+class UnaryStream(_StreamResponse, grpc.UnaryStreamMultiCallable):
+    __slots__ = ()
+
+
+class StreamStream(_StreamResponse, grpc.StreamStreamMultiCallable):
+    __slots__ = ()
+

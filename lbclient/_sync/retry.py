@@ -1,0 +1,120 @@
+"""gRFC A6 retries and hedging for sync calls: which driver a call gets, and the
+blocking retry loop.
+
+A method whose config has a ``retryPolicy`` gets a :class:`RetryPlan` per call (a
+request stream also gets a :class:`SyncReplay`); a unary-unary method with a
+``hedgingPolicy`` is hedged (other kinds run as a single attempt, as in gRPC). A unary
+request larger than the replay buffer is sent once, unretried, as gRPC does.
+
+* :func:`blocking` - unary-response blocking calls: the first attempt is the plain hot
+  path (:func:`lbclient._sync.attempt.blocking`); only when it fails does the plan
+  decide, the backoff sleep on the caller's thread and the next attempt start.
+* :func:`future` - :class:`~lbclient._sync.future.RetryingFuture` or
+  :class:`~lbclient._sync.hedge.HedgingFuture`.
+* :func:`stream` - :class:`~lbclient._sync.stream.ResponseStream` with the plan.
+
+Calls that took more than one attempt report ``grpc-previous-rpc-attempts`` in their
+trailing metadata.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from .._core.deadline import remaining
+from .._core.kinds import CallKind, Invocation
+from .._core.replay import DEFAULT_LIMIT, message_size
+from .._core.retry_plan import RetryPlan
+from ..method_config import MethodConfig
+from . import attempt
+from .errors import code_of, metadata_of
+from .future import RetryingFuture, with_attempts
+from .hedge import HedgingFuture
+from .picking import Placement
+from .replay import SyncReplay
+from .stream import ResponseStream
+
+
+def plan_for(host: Placement, inv: Invocation,
+             config: MethodConfig) -> tuple[RetryPlan | None, SyncReplay | None]:
+    """The call's retry plan and request replay, or ``(None, None)`` when it is sent
+    once (no retryPolicy, or a unary request too large to keep for replay)."""
+    policy = config.retry_policy
+    if policy is None:
+        return None, None
+    ctx = host.ctx
+    replay = None
+    if inv.site.kind.streams_requests:
+        replay = SyncReplay(inv.request, DEFAULT_LIMIT, inv.site.ser, ctx.replay_budget)
+    elif message_size(inv.request, inv.site.ser) > DEFAULT_LIMIT:
+        return None, None
+    return RetryPlan(policy, inv.deadline, throttle=ctx.throttle, rng=ctx.rng), replay
+
+
+def hedges(inv: Invocation, config: MethodConfig) -> bool:
+    return (config.hedging_policy is not None and inv.site.kind is CallKind.UNARY_UNARY
+            and message_size(inv.request, inv.site.ser) <= DEFAULT_LIMIT)
+
+
+def blocking(host: Placement, inv: Invocation, config: MethodConfig,
+             with_call: bool) -> tuple[Any, Any]:
+    """A unary-response blocking call with this method config: ``(response, call)``."""
+    site = inv.site
+    if hedges(inv, config):
+        assert config.hedging_policy is not None
+        return HedgingFuture(host, inv, config.hedging_policy).start().blocking_result()
+    plan, replay = plan_for(host, inv, config)
+    if plan is None:
+        return attempt.blocking(host, site, inv.request, inv.metadata, inv.credentials,
+                                inv.wait_for_ready, inv.compression, with_call,
+                                deadline=inv.deadline)
+    ctx = host.ctx
+    last: grpc.RpcError | None = None
+    try:
+        while True:
+            request = inv.request
+            if replay is not None:
+                view = replay.view()
+                if view is None and last is not None:   # committed: the last one stands
+                    raise with_attempts(last, plan.previous)
+                request = view
+            metadata = plan.start_attempt(inv.metadata)
+            try:
+                response, call = attempt.blocking(
+                    host, site, request, metadata, inv.credentials, inv.wait_for_ready,
+                    inv.compression, with_call, deadline=inv.deadline,
+                    cap=plan.attempt_timeout(remaining(inv.deadline)),
+                    exclude=plan.exclude(), placed=plan.placed)
+            except grpc.RpcError as exc:
+                delay = plan.failed(code_of(exc), metadata_of(exc)[0], closed=ctx.closed,
+                                    replayable=replay is None or not replay.committed)
+                if delay is None:
+                    wrapped = with_attempts(exc, plan.previous)
+                    if wrapped is exc:
+                        raise
+                    raise wrapped from None
+                last = exc
+                host.sleep(delay)
+                continue
+            plan.succeeded()
+            return response, with_attempts(call, plan.previous)
+    finally:
+        if replay is not None:
+            replay.release()
+
+
+def future(host: Placement, inv: Invocation, config: MethodConfig) -> Any:
+    """A unary-response future with this method config."""
+    if hedges(inv, config):
+        assert config.hedging_policy is not None
+        return HedgingFuture(host, inv, config.hedging_policy).start()
+    plan, replay = plan_for(host, inv, config)
+    return RetryingFuture(host, inv, plan, replay).start()
+
+
+def stream(host: Placement, inv: Invocation, config: MethodConfig) -> Any:
+    """A response stream (server-streaming or bidi) with this method config."""
+    plan, replay = plan_for(host, inv, config)
+    return ResponseStream(host, inv, plan, replay).start()

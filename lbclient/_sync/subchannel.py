@@ -1,0 +1,386 @@
+"""One grpc.Channel per endpoint address, with its connectivity reported to the balancer.
+
+A :class:`Subchannel` is the balancer's ``Connection`` for one endpoint. It is made with
+``grpc.insecure_channel``/``grpc.secure_channel``, so whatever wraps those (OpenTelemetry's
+auto-instrumentation, say) wraps every attempt; health probes, connectivity checks and
+the connection-error probe use grpc's own channel underneath (:func:`raw_channel`), so
+they make no spans and never meet an interceptor.
+
+Connectivity is polled, not subscribed to: grpcio's ``subscribe`` runs a thread per
+channel. :class:`ConnectivityMonitor` reads grpc core's state (a few µs an endpoint)
+on the channel's scheduler: endpoints that are still settling (idle or connecting) every
+millisecond, backing off to the sweep interval, and every endpoint once per sweep
+(``interval``, stretched to 20x a sweep's own cost for very large sets); a call that
+fails UNAVAILABLE re-checks its endpoint at once. So a fresh channel sees each endpoint
+become READY within a millisecond or so, as grpc's own round_robin does.
+
+Contract: ``create()`` never blocks; state changes reach ``on_state`` in order (one
+delivery at a time per endpoint), from the scheduler or a caller's thread.
+``shutdown()`` is idempotent; the close itself runs off grpc's threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+from grpc import _common
+
+from .._core.kinds import CallSite
+from .._core.transport import TO_LBCLIENT, ChannelOptions, grpc_target
+from ..connectivity import Connectivity
+from ..endpoint import Endpoint
+from .scheduler import ThreadScheduler
+
+# The method of the connection-error probe (never served: it fails before sending).
+_DIAGNOSE = "/lbclient.diagnostics.v1.Connection/LastError"
+# grpc core's connectivity numbers (what check_connectivity_state returns) -> ours.
+_CORE_STATES = {raw: TO_LBCLIENT[state] for raw, state in
+                _common.CYGRPC_CONNECTIVITY_STATE_TO_CHANNEL_CONNECTIVITY.items()}
+_SETTLED = (Connectivity.READY, Connectivity.TRANSIENT_FAILURE, Connectivity.SHUTDOWN)
+
+
+def raw_channel(channel: Any) -> grpc.Channel:
+    """grpc's own channel beneath interceptor wrappers (``grpc.intercept_channel`` and
+    look-alikes keep the wrapped channel as ``_channel``), else ``channel`` itself."""
+    raw = channel
+    for _ in range(8):
+        if type(raw).__module__ == "grpc._channel":
+            return raw  # type: ignore[no-any-return]
+        inner = getattr(raw, "_channel", None)
+        if not isinstance(inner, grpc.Channel):
+            break
+        raw = inner
+    return channel  # type: ignore[no-any-return]
+
+
+class ConnectivityMonitor:
+    """Polls the connectivity of a channel's endpoint connections (see the module doc)."""
+
+    FAST_FIRST = 0.001
+
+    def __init__(self, scheduler: ThreadScheduler, interval: float = 0.05,
+                 max_interval: float = 1.0) -> None:
+        self._scheduler = scheduler
+        self._interval = interval
+        self._max_interval = max_interval
+        self._subs: dict[int, Subchannel] = {}
+        self._settling: dict[int, Subchannel] = {}
+        self._lock = threading.Lock()
+        self._sweep_timer: Any = None
+        self._fast_timer: Any = None
+        self._fast_delay = self.FAST_FIRST
+        self._closed = False
+        self.batch: Callable[[], Any] = contextlib.nullcontext
+
+    def add(self, sub: Subchannel) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._subs[id(sub)] = sub
+            self._settling[id(sub)] = sub
+            if self._sweep_timer is None:
+                self._sweep_timer = self._scheduler.call_later(self._interval, self._sweep)
+        self.kick()
+
+    def remove(self, sub: Subchannel) -> None:
+        with self._lock:
+            self._subs.pop(id(sub), None)
+            self._settling.pop(id(sub), None)
+
+    def settling(self, sub: Subchannel, state: Connectivity) -> None:
+        """``sub`` is now in ``state`` (called by its poll, under its delivery lock)."""
+        key = id(sub)
+        with self._lock:
+            if state in _SETTLED:
+                self._settling.pop(key, None)
+            elif key in self._subs:
+                self._settling[key] = sub
+
+    def kick(self) -> None:
+        """Something may change soon (a new endpoint, a connection requested, a state
+        change): poll the settling endpoints at once and then more and more slowly."""
+        with self._lock:
+            if self._closed:
+                return
+            self._fast_delay = self.FAST_FIRST
+            if self._fast_timer is None:
+                self._fast_timer = self._scheduler.call_later(0.0, self._fast_sweep)
+
+    def _fast_sweep(self) -> None:
+        with self._lock:
+            subs = list(self._settling.values())
+        changed = False
+        with self.batch():
+            for sub in subs:
+                changed = sub.poll() or changed
+        with self._lock:
+            if self._closed or not self._settling:
+                self._fast_timer = None
+                return
+            self._fast_delay = self.FAST_FIRST if changed else self._fast_delay * 2
+            if self._fast_delay > self._interval / 2:
+                self._fast_timer = None        # the sweep watches it from now on
+                return
+            self._fast_timer = self._scheduler.call_later(self._fast_delay, self._fast_sweep)
+
+    def _sweep(self) -> None:
+        t0 = time.perf_counter()
+        with self._lock:
+            subs = list(self._subs.values())
+        changed = [sub for sub in subs if sub.changed()]
+        if changed:
+            with self.batch():   # one picker rebuild per sweep, however many changed
+                for sub in changed:
+                    sub.poll()
+        cost = time.perf_counter() - t0
+        with self._lock:
+            if self._closed or not self._subs:
+                self._sweep_timer = None
+                return
+            delay = min(max(self._interval, 20 * cost), self._max_interval)
+            self._sweep_timer = self._scheduler.call_later(delay, self._sweep)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._subs.clear()
+            self._settling.clear()
+            timers = (self._sweep_timer, self._fast_timer)
+            self._sweep_timer = self._fast_timer = None
+        for timer in timers:
+            if timer is not None:
+                timer.cancel()
+
+
+class Subchannel:
+    """One endpoint's grpc channel (the balancer's ``Connection``)."""
+
+    __slots__ = ("endpoint", "address", "channel", "raw", "calls", "_on_state", "_closed",
+                 "_lock", "_deliver_lock", "_check", "_last", "_last_core", "_monitor",
+                 "_factory", "_error", "_diagnosing", "__weakref__")
+
+    def __init__(self, endpoint: Endpoint, factory: SubchannelFactory,
+                 on_state: Callable[[Connectivity], None]) -> None:
+        self.endpoint = endpoint
+        self.address = endpoint.address
+        self._factory = factory
+        target = grpc_target(endpoint.address)
+        options = list(factory.options)
+        if factory.credentials is None:
+            self.channel = grpc.insecure_channel(target, options, factory.compression)
+        else:
+            self.channel = grpc.secure_channel(target, factory.credentials, options,
+                                               factory.compression)
+        self.raw = raw_channel(self.channel)
+        # grpc multicallables of this connection, one per call site (see CallSite).
+        self.calls: dict[CallSite, Any] = {}
+        self._on_state = on_state
+        self._closed = False
+        self._lock = threading.Lock()
+        self._deliver_lock = threading.Lock()
+        self._last: Connectivity | None = None
+        self._last_core: Any = None        # grpc core's number for _last
+        self._error: str | None = None     # connection_error(), until the state changes
+        self._diagnosing = False
+        self._monitor = factory.monitor
+        # grpc core's channel, reached through a private attribute; without it (a future
+        # grpcio), fall back to the public subscribe() with its thread per channel.
+        core = getattr(self.raw, "_channel", None)
+        self._check: Callable[[bool], Any] | None = getattr(core, "check_connectivity_state",
+                                                            None)
+        if self._check is not None:
+            self._check(True)           # start connecting now; the first state arrives
+            self._monitor.add(self)     # from the scheduler, never from inside create()
+        else:
+            self.raw.subscribe(self._deliver, try_to_connect=True)
+
+    # ------------------------------------------------------------ connectivity
+    def poll(self) -> bool:
+        """Read the connection's state now and deliver it if it changed (True then).
+        Unchanged (the common case) costs one read of grpc core's state, no lock."""
+        check = self._check
+        if self._closed or check is None:
+            return False
+        try:
+            if check(False) == self._last_core:
+                return False
+        except ValueError:  # closed meanwhile
+            return False
+        with self._deliver_lock:
+            try:
+                raw = check(False)
+            except ValueError:
+                return False
+            state = _CORE_STATES[raw]
+            if state is self._last or self._closed:
+                return False
+            self._last, self._last_core, self._error = state, raw, None
+            self._monitor.settling(self, state)
+            self._on_state(state)
+        if state is Connectivity.TRANSIENT_FAILURE:
+            self._diagnose()
+        return True
+
+    def changed(self) -> bool:
+        """Whether grpc core's state differs from the last one delivered (no lock)."""
+        check = self._check
+        if self._closed or check is None:
+            return False
+        try:
+            return bool(check(False) != self._last_core)
+        except ValueError:
+            return False
+
+    def _deliver(self, state: grpc.ChannelConnectivity) -> None:
+        if not self._closed:
+            self._on_state(TO_LBCLIENT[state])
+
+    def request_connection(self) -> None:
+        if self._closed:
+            return
+        if self._check is not None:
+            try:
+                self._check(True)
+            except ValueError:  # closed meanwhile
+                return
+            self._monitor.kick()
+            return
+        # The public way: a subscription with try_to_connect=True makes grpc's poller
+        # thread ask the core to connect on its next turn.
+        self.raw.subscribe(_noop, try_to_connect=True)
+        self.raw.unsubscribe(_noop)
+
+    # ------------------------------------------------------------ connection errors
+    def connection_error(self) -> str | None:
+        """grpc's own account of why this endpoint's connection failed (refused, TLS
+        handshake or certificate verification...), or None. Never blocks: it is fetched
+        in the background each time the connection enters TRANSIENT_FAILURE (grpc tells
+        it only to a call: one made with ``wait_for_ready=False`` on a failed
+        connection ends at once, locally, with it) and kept until the state changes."""
+        if self._last is not Connectivity.TRANSIENT_FAILURE:
+            return None
+        return self._error
+
+    def _diagnose(self) -> None:
+        if self._diagnosing or self._closed:
+            return
+        self._diagnosing = True
+        try:
+            future = self.raw.unary_unary(_DIAGNOSE).future(b"", timeout=0.5,
+                                                            wait_for_ready=False)
+        except ValueError:    # closed meanwhile
+            self._diagnosing = False
+            return
+        future.add_done_callback(self._diagnosed)
+
+    def _diagnosed(self, future: Any) -> None:
+        self._diagnosing = False
+        try:
+            code, details = future.code(), future.details()
+        except Exception:
+            return
+        if code is grpc.StatusCode.UNAVAILABLE and details and \
+                self._last is Connectivity.TRANSIENT_FAILURE:
+            self._error = details
+
+    # ------------------------------------------------------------ calls
+    def callable(self, site: CallSite) -> Any:
+        """This connection's grpc multicallable for ``site`` (made once, then cached)."""
+        mc = self.calls.get(site)
+        if mc is None:
+            factory = getattr(self.channel, site.kind.value)
+            mc = self.calls[site] = factory(site.method, request_serializer=site.ser,
+                                            response_deserializer=site.deser,
+                                            _registered_method=site.registered)
+        return mc
+
+    # ------------------------------------------------------------ closing
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def shutdown(self) -> None:
+        """Stop using the connection and close it. Called by the balancer once the
+        endpoint's in-flight calls have ended, which can be on grpc's own completion
+        thread: closing a grpc channel there would wait for that very thread, so the
+        close itself is handed to the factory (done on the scheduler, or at once while
+        the whole channel is closing)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._monitor.remove(self)
+        self._factory.close_later(self)
+
+    def close_now(self) -> None:
+        if self._check is None:
+            self.raw.unsubscribe(self._deliver)
+        self.channel.close()
+
+
+def _noop(_: grpc.ChannelConnectivity) -> None:
+    pass
+
+
+class SubchannelFactory:
+    """Creates :class:`Subchannel` objects with the channel's credentials, options and
+    compression, all watched by one :class:`ConnectivityMonitor` on ``scheduler``, and
+    closes the connections of removed endpoints off grpc's threads."""
+
+    def __init__(self, credentials: grpc.ChannelCredentials | None, options: ChannelOptions,
+                 scheduler: ThreadScheduler, compression: grpc.Compression | None = None,
+                 ) -> None:
+        self.credentials = credentials
+        self.options: Sequence[tuple[str, Any]] = list(options)
+        self.compression = compression
+        self._scheduler = scheduler
+        self.monitor = ConnectivityMonitor(scheduler)
+        self._lock = threading.Lock()
+        self._pending: dict[int, Subchannel] = {}
+        self._closing = False
+
+    def create(self, endpoint: Endpoint,
+               on_state: Callable[[Connectivity], None]) -> Subchannel:
+        return Subchannel(endpoint, self, on_state)
+
+    def set_batcher(self, batch: Callable[[], Any]) -> None:
+        """The balancer's ``batch`` context manager, used around each sweep."""
+        self.monitor.batch = batch
+
+    def kick(self) -> None:
+        """Poll the settling endpoints now (a call is waiting for one)."""
+        self.monitor.kick()
+
+    def close_later(self, sub: Subchannel) -> None:
+        """Close ``sub``'s connection on the scheduler thread (at once while closing)."""
+        with self._lock:
+            now = self._closing
+            if not now:
+                self._pending[id(sub)] = sub
+        if now:
+            sub.close_now()
+            return
+
+        def run() -> None:
+            with self._lock:
+                mine = self._pending.pop(id(sub), None) is not None
+            if mine:
+                sub.close_now()
+
+        self._scheduler.call_later(0.0, run)
+
+    def close(self) -> None:
+        """The channel is closing: from now on connections close at once, and those
+        waiting for the scheduler are closed here."""
+        with self._lock:
+            self._closing = True
+            pending = list(self._pending.values())
+            self._pending.clear()
+        for sub in pending:
+            sub.close_now()
+        self.monitor.close()
