@@ -6,7 +6,9 @@
 # install, so that mypy and subprocesses see the package as installed), installs the Debian
 # packages the integration tests start (etcd-server for the etcd resolver, dnsmasq for the
 # DNS resolver, prometheus for the end-to-end metrics test) when they are missing, then runs
-# pytest. The setup is quiet: its output goes to .venv/setup.log, shown only if it fails.
+# the static checks (scripts/static_checks.sh: ruff, mypy --strict lbclient; the run stops
+# if either fails) and then pytest. The setup is quiet: its output goes to
+# .venv/setup.log, shown only if it fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -37,4 +39,5 @@ if [ ${#need[@]} -gt 0 ]; then
     quiet "${APT[@]}" "${need[@]}"
   fi
 fi
+./scripts/static_checks.sh
 exec .venv/bin/python -m pytest "$@"

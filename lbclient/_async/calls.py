@@ -100,22 +100,22 @@ class _MultiCallable:
         return cls(self._host, inv, error)
 
 
-class UnaryUnary(_MultiCallable, grpc.aio.UnaryUnaryMultiCallable):
+class UnaryUnary(_MultiCallable, grpc.aio.UnaryUnaryMultiCallable[Any, Any]):
     __slots__ = ()
 
 
-class UnaryStream(_MultiCallable, grpc.aio.UnaryStreamMultiCallable):
+class UnaryStream(_MultiCallable, grpc.aio.UnaryStreamMultiCallable[Any, Any]):
     __slots__ = ()
 
 
-class StreamUnary(_MultiCallable, grpc.aio.StreamUnaryMultiCallable):
+class StreamUnary(_MultiCallable, grpc.aio.StreamUnaryMultiCallable[Any, Any]):
     __slots__ = ()
 
     def __call__(self, request_iterator: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
         return super().__call__(request_iterator, **kwargs)
 
 
-class StreamStream(_MultiCallable, grpc.aio.StreamStreamMultiCallable):
+class StreamStream(_MultiCallable, grpc.aio.StreamStreamMultiCallable[Any, Any]):
     __slots__ = ()
 
     def __call__(self, request_iterator: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]

@@ -192,21 +192,21 @@ class _StreamRequest:
         await (await self._real()).done_writing()  # type: ignore[attr-defined]
 
 
-class DeferredUnaryUnaryCall(_UnaryResponse, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
+class DeferredUnaryUnaryCall(_UnaryResponse, grpc.aio.UnaryUnaryCall[Any, Any]):
     pass
 
 
-class DeferredUnaryStreamCall(_StreamResponse, grpc.aio.UnaryStreamCall):  # type: ignore[misc]
+class DeferredUnaryStreamCall(_StreamResponse, grpc.aio.UnaryStreamCall[Any, Any]):
     pass
 
 
-class DeferredStreamUnaryCall(_StreamRequest, _UnaryResponse,  # type: ignore[misc]
-                              grpc.aio.StreamUnaryCall):
+class DeferredStreamUnaryCall(_StreamRequest, _UnaryResponse,
+                              grpc.aio.StreamUnaryCall[Any, Any]):
     pass
 
 
-class DeferredStreamStreamCall(_StreamRequest, _StreamResponse,  # type: ignore[misc]
-                               grpc.aio.StreamStreamCall):
+class DeferredStreamStreamCall(_StreamRequest, _StreamResponse,
+                               grpc.aio.StreamStreamCall[Any, Any]):
     pass
 
 
@@ -332,7 +332,8 @@ class RetriedCall:
             return grpc.aio.Metadata()
         if self._error is not None:
             return self._error.initial_metadata()
-        return await self._rpc.initial_metadata()
+        metadata: grpc.aio.Metadata = await self._rpc.initial_metadata()
+        return metadata
 
     async def trailing_metadata(self) -> grpc.aio.Metadata:
         await self._settled()
@@ -452,5 +453,6 @@ def _release(writes: WriteSource | None, replay: AsyncReplay | None,
 
 
 
-DEFERRED = {"unary_unary": DeferredUnaryUnaryCall, "unary_stream": DeferredUnaryStreamCall,
-            "stream_unary": DeferredStreamUnaryCall, "stream_stream": DeferredStreamStreamCall}
+DEFERRED: dict[str, type[DeferredCall]] = {
+    "unary_unary": DeferredUnaryUnaryCall, "unary_stream": DeferredUnaryStreamCall,
+    "stream_unary": DeferredStreamUnaryCall, "stream_stream": DeferredStreamStreamCall}

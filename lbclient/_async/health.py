@@ -77,7 +77,7 @@ async def _watch(stub: Any, request: Any, rng: random.Random, report: Report) ->
 class AioChecker:
     def __init__(self, channel: grpc.aio.Channel, config: Any, report: Report,
                  rng: random.Random) -> None:
-        self._stub = health_pb2_grpc.HealthStub(channel)
+        self._stub: Any = health_pb2_grpc.HealthStub(channel)   # (its stubs declare no methods)
         self._request = health_pb2.HealthCheckRequest(service=config.service_name)
         self._config, self._report, self._rng = config, report, rng
         loop = asyncio.get_running_loop()

@@ -26,7 +26,7 @@ from .future import RetriedCall
 from .picking import AioPlacement
 
 
-class HedgedCall(RetriedCall, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
+class HedgedCall(RetriedCall, grpc.aio.UnaryUnaryCall[Any, Any]):
     def __init__(self, host: AioPlacement, inv: Invocation, policy: HedgingPolicy) -> None:
         self._plan = HedgePlan(policy, throttle=host.ctx.throttle, deadline=inv.deadline)
         self._rpcs: dict[int, Any] = {}      # attempt number -> its grpc.aio call

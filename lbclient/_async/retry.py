@@ -85,11 +85,11 @@ class RetryingUnaryCall(RetriedCall):
         return self._task.__await__()
 
 
-class RetryingUnaryUnaryCall(RetryingUnaryCall, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
+class RetryingUnaryUnaryCall(RetryingUnaryCall, grpc.aio.UnaryUnaryCall[Any, Any]):
     pass
 
 
-class RetryingStreamUnaryCall(RetryingUnaryCall, grpc.aio.StreamUnaryCall):  # type: ignore[misc]
+class RetryingStreamUnaryCall(RetryingUnaryCall, grpc.aio.StreamUnaryCall[Any, Any]):
     pass
 
 

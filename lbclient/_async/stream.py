@@ -129,16 +129,16 @@ class RetryingStreamCall(RetriedCall):
             await self._started.wait()
             rpc = self._rpc
             if rpc is not None and not self._task.done():
-                metadata = await rpc.initial_metadata()
+                metadata: grpc.aio.Metadata = await rpc.initial_metadata()
                 if not rpc.done() and self._rpc is rpc:
                     self._commit()
                     return metadata
         return await super().initial_metadata()
 
 
-class RetryingUnaryStreamCall(RetryingStreamCall, grpc.aio.UnaryStreamCall):  # type: ignore[misc]
+class RetryingUnaryStreamCall(RetryingStreamCall, grpc.aio.UnaryStreamCall[Any, Any]):
     pass
 
 
-class RetryingStreamStreamCall(RetryingStreamCall, grpc.aio.StreamStreamCall):  # type: ignore[misc]
+class RetryingStreamStreamCall(RetryingStreamCall, grpc.aio.StreamStreamCall[Any, Any]):
     pass

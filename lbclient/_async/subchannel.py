@@ -71,8 +71,9 @@ class AioSubchannel:
             self._diagnosis = asyncio.get_running_loop().create_task(self._diagnosed())
 
     async def _diagnosed(self) -> None:
+        probe: Any = self.channel.unary_unary(_DIAGNOSE)    # bytes in, bytes out
         try:
-            await self.channel.unary_unary(_DIAGNOSE)(b"", timeout=0.5, wait_for_ready=False)
+            await probe(b"", timeout=0.5, wait_for_ready=False)
         except grpc.aio.AioRpcError as exc:
             if exc.code() is grpc.StatusCode.UNAVAILABLE and exc.details() and \
                     self._last is Connectivity.TRANSIENT_FAILURE:

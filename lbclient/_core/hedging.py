@@ -23,7 +23,7 @@ attempt in flight.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,7 +113,7 @@ class HedgePlan:
             return [] if self.in_flight else self._finish(Fail(self.last_error))
         return self._send()
 
-    def ended(self, n: int, code: str, trailing: Sequence[Any] | None = ()) -> list[Action]:
+    def ended(self, n: int, code: str, trailing: Iterable[Any] | None = ()) -> list[Action]:
         self.in_flight.discard(n)
         if self.done:
             return []

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 PREVIOUS_ATTEMPTS = "grpc-previous-rpc-attempts"
@@ -28,7 +28,7 @@ def attempt_metadata(metadata: Any, previous: int) -> Any:
     return (*tuple(metadata or ()), (REQUEST_PREVIOUS_ATTEMPTS, str(previous)))
 
 
-def add_attempts_trailer(trailing: Sequence[Any] | None, previous: int) -> tuple[Any, ...]:
+def add_attempts_trailer(trailing: Iterable[Any] | None, previous: int) -> tuple[Any, ...]:
     """Trailing metadata reporting ``previous`` earlier attempts (unchanged if none)."""
     items = tuple(trailing or ())
     if previous <= 0:
@@ -36,7 +36,7 @@ def add_attempts_trailer(trailing: Sequence[Any] | None, previous: int) -> tuple
     return (*items, (PREVIOUS_ATTEMPTS, str(previous)))
 
 
-def parse_pushback(trailing: Sequence[Any] | None) -> tuple[bool, float | None]:
+def parse_pushback(trailing: Iterable[Any] | None) -> tuple[bool, float | None]:
     """``(stop, delay)`` from an attempt's ``grpc-retry-pushback-ms`` trailer: a
     non-negative 32-bit integer of milliseconds means "retry after exactly that delay";
     a negative or unparseable value means "do not retry". ``(False, None)`` without it."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..method_config import RetryPolicy
@@ -84,7 +84,7 @@ class RetryPlan:
         if self.throttle is not None:
             self.throttle.record_success()
 
-    def failed(self, code: str, trailing: Sequence[Any] | None = (), *,
+    def failed(self, code: str, trailing: Iterable[Any] | None = (), *,
                replayable: bool = True, closed: bool = False) -> float | None:
         """The backoff (seconds) before the next attempt, or None: the call ends with
         this attempt's error. ``replayable`` False: the request stream can no longer be
@@ -112,7 +112,7 @@ class RetryPlan:
             return None
         return delay
 
-    def final_outcome(self, code: str, trailing: Sequence[Any] | None = ()) -> None:
+    def final_outcome(self, code: str, trailing: Iterable[Any] | None = ()) -> None:
         """Book a committed call's outcome with the throttle (it was not retried)."""
         if code == "OK":
             self.succeeded()

@@ -14,7 +14,7 @@ is the whole call, so callers and interceptors see what a plain grpc channel giv
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -153,18 +153,29 @@ class _StreamResponse(_MultiCallable):
         return self._single(inv, "stream")
 
 
-class UnaryUnary(_UnaryResponse, grpc.UnaryUnaryMultiCallable):
+# grpc's ABCs are generic in their type stubs only (not subscriptable at run time).
+if TYPE_CHECKING:
+    _UU = grpc.UnaryUnaryMultiCallable[Any, Any]
+    _SU = grpc.StreamUnaryMultiCallable[Any, Any]
+    _US = grpc.UnaryStreamMultiCallable[Any, Any]
+    _SS = grpc.StreamStreamMultiCallable[Any, Any]
+else:
+    _UU, _SU = grpc.UnaryUnaryMultiCallable, grpc.StreamUnaryMultiCallable
+    _US, _SS = grpc.UnaryStreamMultiCallable, grpc.StreamStreamMultiCallable
+
+
+class UnaryUnary(_UnaryResponse, _UU):
     __slots__ = ()
 
 
-class StreamUnary(_UnaryResponse, grpc.StreamUnaryMultiCallable):
+class StreamUnary(_UnaryResponse, _SU):
     __slots__ = ()
 
 
-class UnaryStream(_StreamResponse, grpc.UnaryStreamMultiCallable):
+class UnaryStream(_StreamResponse, _US):
     __slots__ = ()
 
 
-class StreamStream(_StreamResponse, grpc.StreamStreamMultiCallable):
+class StreamStream(_StreamResponse, _SS):
     __slots__ = ()
 

@@ -9,14 +9,20 @@ stream exactly like grpc's own ``_InactiveRpcError``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 CANCELLED_DETAILS = "Locally cancelled by application!"   # grpc's own words
 
+# grpc's ABCs are generic in their type stubs only (not subscriptable at run time).
+if TYPE_CHECKING:
+    FutureBase = grpc.Future[Any]
+else:
+    FutureBase = grpc.Future
 
-class LocalRpcError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc]
+
+class LocalRpcError(grpc.RpcError, grpc.Call, FutureBase):
     def __init__(self, code: grpc.StatusCode, details: str,
                  trailing: tuple[Any, ...] = ()) -> None:
         super().__init__(details)
@@ -54,7 +60,7 @@ class LocalRpcError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc
     def is_active(self) -> bool:
         return False
 
-    def time_remaining(self) -> float | None:
+    def time_remaining(self) -> float | None:  # type: ignore[override]  # grpc: None too
         return None
 
     def cancel(self) -> bool:
@@ -76,7 +82,7 @@ class LocalRpcError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc
     def result(self, timeout: float | None = None) -> Any:
         raise self
 
-    def exception(self, timeout: float | None = None) -> BaseException:
+    def exception(self, timeout: float | None = None) -> Exception | None:
         return self
 
     def traceback(self, timeout: float | None = None) -> Any:

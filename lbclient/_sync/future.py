@@ -31,14 +31,14 @@ from .._core.metadata import add_attempts_trailer
 from .._core.retry_plan import RetryPlan
 from ..balancer.picker import PickError, PickResult
 from .attempt import pick_info, start
-from .errors import CANCELLED_DETAILS, LocalRpcError, code_of, metadata_of
+from .errors import CANCELLED_DETAILS, FutureBase, LocalRpcError, code_of, metadata_of
 from .picking import Placement
 from .replay import SyncReplay
 
 log = logging.getLogger("lbclient.retry")
 
 
-class CallFuture(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc]
+class CallFuture(grpc.RpcError, grpc.Call, FutureBase):
     """The outcome half: set once by ``_finish``; everything else waits for it."""
 
     def __init__(self, deadline: float | None) -> None:
@@ -172,7 +172,7 @@ class CallFuture(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc]
     def is_active(self) -> bool:
         return not self._finished.is_set()
 
-    def time_remaining(self) -> float | None:
+    def time_remaining(self) -> float | None:  # type: ignore[override]  # grpc: None too
         if self._deadline is None:
             return None
         return max(self._deadline - time.monotonic(), 0.0)
@@ -337,7 +337,7 @@ def with_attempts(call: Any, previous: int) -> Any:
     return RetriedCall(call, previous)
 
 
-class RetriedCall(grpc.Call, grpc.Future):  # type: ignore[misc]
+class RetriedCall(grpc.Call, FutureBase):
     """The last attempt's ``grpc.Call``/``grpc.Future``, seen as the whole call's:
     everything is delegated except ``trailing_metadata()``, which also holds
     ``("grpc-previous-rpc-attempts", "N")``; ``previous_rpc_attempts`` is N."""

@@ -117,7 +117,7 @@ class PollChecker:
 
     def __init__(self, channel: grpc.Channel, config: Any, report: Report, scheduler: Any,
                  rng: random.Random) -> None:
-        stub = health_pb2_grpc.HealthStub(channel)
+        stub: Any = health_pb2_grpc.HealthStub(channel)
         request = health_pb2.HealthCheckRequest(service=config.service_name)
         self._poller = _Poller(stub, request, config, scheduler, rng, report)
         self._poller.start(0.0)
@@ -137,7 +137,7 @@ class WatchChecker:
 
     def __init__(self, channel: grpc.Channel, config: Any, report: Report, scheduler: Any,
                  rng: random.Random, name: str) -> None:
-        self._stub = health_pb2_grpc.HealthStub(channel)
+        self._stub: Any = health_pb2_grpc.HealthStub(channel)   # (its stubs declare no methods)
         self._request = health_pb2.HealthCheckRequest(service=config.service_name)
         self._config, self._report = config, report
         self._scheduler, self._rng = scheduler, rng

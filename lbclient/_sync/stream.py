@@ -38,14 +38,14 @@ from .._core.metadata import add_attempts_trailer
 from .._core.retry_plan import RetryPlan
 from ..balancer.picker import PickError, PickResult
 from .attempt import pick_info, start
-from .errors import CANCELLED_DETAILS, LocalRpcError, code_of, metadata_of
+from .errors import CANCELLED_DETAILS, FutureBase, LocalRpcError, code_of, metadata_of
 from .picking import Placement
 from .replay import SyncReplay, SyncReplayView
 
 log = logging.getLogger("lbclient.retry")
 
 
-class ResponseStream(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc]
+class ResponseStream(grpc.RpcError, grpc.Call, FutureBase):
     """A response iterator that is also a ``grpc.Call`` and ``grpc.Future`` (as grpc's own
     ``_MultiThreadedRendezvous``); a failed read raises the stream itself."""
 
@@ -283,7 +283,7 @@ class ResponseStream(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[mis
             return not self._cancelled
         return not self._final or bool(rpc.is_active())
 
-    def time_remaining(self) -> float | None:
+    def time_remaining(self) -> float | None:  # type: ignore[override]  # grpc: None too
         deadline = self._inv.deadline
         return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 

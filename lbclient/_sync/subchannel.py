@@ -270,9 +270,9 @@ class Subchannel:
         if self._diagnosing or self._closed:
             return
         self._diagnosing = True
+        probe: Any = self.raw.unary_unary(_DIAGNOSE)        # bytes in, bytes out
         try:
-            future = self.raw.unary_unary(_DIAGNOSE).future(b"", timeout=0.5,
-                                                            wait_for_ready=False)
+            future = probe.future(b"", timeout=0.5, wait_for_ready=False)
         except ValueError:    # closed meanwhile
             self._diagnosing = False
             return

@@ -198,8 +198,9 @@ class Balancer(EndpointFitness):
                     self._post("removed", rec, f"{rec.stats.in_flight} calls in flight")
             created: list[EndpointRecord] = []
             for address, endpoint in wanted.items():
-                rec = self._records.get(address)
-                if rec is not None:
+                known = self._records.get(address)
+                if known is not None:
+                    rec = known
                     if rec.endpoint.weight != endpoint.weight or dict(
                             rec.endpoint.attributes) != dict(endpoint.attributes):
                         rec.endpoint = endpoint

@@ -40,7 +40,8 @@ class SlowStartConfig:
         if elapsed >= self.window:
             return 1.0
         time_factor = min(max(elapsed, 1.0) / self.window, 1.0)
-        return max(self.min_weight_percent / 100.0, time_factor ** (1.0 / self.aggression))
+        ramp: float = time_factor ** (1.0 / self.aggression)
+        return max(self.min_weight_percent / 100.0, ramp)
 
 
 @dataclass(frozen=True)

@@ -322,9 +322,10 @@ class ChildGroup:
             policy.close()
 
 
-def group_by(items: Iterable[Any], key: Callable[[Any], Hashable | None]) -> dict[Hashable, list]:
+def group_by(items: Iterable[Any],
+             key: Callable[[Any], Hashable | None]) -> dict[Hashable, list[Any]]:
     """Items grouped by ``key(item)`` (first-seen order; a None key drops the item)."""
-    out: dict[Hashable, list] = {}
+    out: dict[Hashable, list[Any]] = {}
     for item in items:
         k = key(item)
         if k is not None:

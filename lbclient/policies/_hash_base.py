@@ -42,8 +42,11 @@ HASH_KEY_ATTRIBUTE = "hash_key"
 class Layout(Protocol):
     """Slots over members: ``owners[slot]`` is an index into ``members`` (addresses)."""
 
-    members: tuple[str, ...]
-    owners: Sequence[int]
+    @property
+    def members(self) -> tuple[str, ...]: ...
+
+    @property
+    def owners(self) -> Sequence[int]: ...
 
     def slot(self, h: int) -> int:
         """The slot a 64-bit key hash lands on."""
