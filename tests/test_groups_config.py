@@ -175,7 +175,6 @@ def test_bad_config_names_path_and_rule(name: str, cfg: Any, path: str, rule: st
 
 
 def test_the_names_are_registered() -> None:
-    from lbclient.balancer.policy import BUILTIN_MODULES, registered_policies
+    from lbclient.balancer.policy import registered_policies
 
-    assert {"priority", "weighted_target", "zone_aware"} <= set(BUILTIN_MODULES)
     assert {"priority", "weighted_target", "zone_aware"} <= set(registered_policies())

@@ -83,7 +83,7 @@ def test_per_endpoint_memory_is_bounded_and_released() -> None:
                 handle.on_state(Connectivity.READY)
         gc.collect()
         per_endpoint = (tracemalloc.get_traced_memory()[0] - base) / len(endpoints)
-        detector = bal._outliers
+        detector = bal._fitness.outliers
         assert detector is not None and len(detector.addresses()) == 10_000
         _grow_and_shrink(bal, factory, endpoints)
         gc.collect()

@@ -13,7 +13,9 @@ health checking, its first health answer has arrived (gRFC A17); it is *fit* whe
 also not unhealthy and not ejected. Pickers see the fit endpoints, unless fewer than
 ``panic_threshold`` percent of the connected ones are fit: then (Envoy's panic mode) they
 see every connected endpoint. Weights get the slow-start factor of endpoints that are
-new, readmitted or healthy again.
+new, readmitted or healthy again. Active health and outlier ejection are a
+:class:`~lbclient.balancer.fitness.Fitness` the balancer owns (same lock, same records);
+each endpoint's state is an :class:`~lbclient.balancer.record.EndpointRecord`.
 """
 
 from __future__ import annotations
@@ -28,15 +30,13 @@ from typing import Any, Protocol
 
 from ..connectivity import Connectivity, aggregate
 from ..endpoint import Endpoint
-from ..health.codes import SERVER_FAILURE_CODES
 from ..health.events import EndpointEvent, EventBus, EventKind
-from ..health.fitness import EndpointFitness, HealthChecker, HealthCheckerFactory
 from ..health.options import DEFAULT_OPTIONS, BalancingOptions
-from ..health.outlier import HOST_OPTION, OutlierDetector
-from ..health.record import EndpointInfo, EndpointRecord
-from ..health.tracker import HealthTracker
+from ..health.outlier import HOST_OPTION, OutlierConfig, OutlierDetector
+from .fitness import Fitness, HealthChecker, HealthCheckerFactory
 from .picker import Candidate, EndpointStats, FailingPicker, Picker
 from .policy import Policy, PolicyContext, PolicySpec
+from .record import EndpointInfo, EndpointRecord
 
 log = logging.getLogger("lbclient.balancer")
 
@@ -83,7 +83,7 @@ class SubchannelFactory(Protocol):
         changes at once (a connectivity sweep): one picker rebuild for all of them."""
 
 
-class Balancer(EndpointFitness):
+class Balancer:
     def __init__(self, factory: SubchannelFactory, *, clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None, scheduler: Any = None,
                  on_endpoint_failure: Callable[[str], None] | None = None,
@@ -99,7 +99,6 @@ class Balancer(EndpointFitness):
         self._rng = rng or random.Random()
         self._scheduler = scheduler
         self._on_endpoint_failure = on_endpoint_failure
-        self._health_factory = health_factory
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._records: dict[str, EndpointRecord] = {}
@@ -111,14 +110,15 @@ class Balancer(EndpointFitness):
         self._listeners: list[Callable[[], None]] = []
         self._generation = 0
         self._events = EventBus()
-        self._health_config: Any = None
         self._options: BalancingOptions = DEFAULT_OPTIONS
-        self._outliers: OutlierDetector | None = None
-        self._outlier_refs = 0
-        self._sweep_timer: Any = None
         self._ramp_timer: Any = None
         self._panic = False
-        self.failure_codes: frozenset[str] = SERVER_FAILURE_CODES
+        # Health checking and outlier ejection: composed, sharing the lock and records.
+        self._fitness = Fitness(
+            lock=self._lock, records=lambda: self._records, closed=lambda: self._closed,
+            post=self._post, rebuild_locked=self._rebuild_locked,
+            after_change=self._after_change, clock=clock, rng=self._rng,
+            scheduler=scheduler, health_factory=health_factory)
         self.picker: Picker = FailingPicker("no endpoints yet: waiting for the resolver",
                                             queue=True)
         self.state = Connectivity.IDLE
@@ -159,18 +159,18 @@ class Balancer(EndpointFitness):
         it off (None). Connected endpoints restart probing from "pending"."""
         stop: list[HealthChecker] = []
         with self._lock:
-            if self._closed or config == self._health_config:
+            fitness = self._fitness
+            if self._closed or config == fitness.health_config:
                 return
-            if config is not None and self._health_factory is None:
+            if not fitness.set_config_locked(config):
                 log.warning("healthCheckConfig ignored: this channel has no health prober")
                 return
-            self._health_config = config
             for rec in self._records.values():
-                stop += self._stop_checker_locked(rec)
-                rec.tracker = HealthTracker(config) if config is not None else None
+                stop += fitness.stop_checker_locked(rec)
+                rec.tracker = fitness.new_tracker()
                 rec.reported_health = None
                 if rec.connectivity is Connectivity.READY:
-                    self._start_checker_locked(rec)
+                    fitness.start_checker_locked(rec)
             self._rebuild_locked()
         for checker in stop:
             checker.stop()
@@ -193,7 +193,7 @@ class Balancer(EndpointFitness):
             for address in list(self._records):
                 if address not in wanted:
                     rec = self._records.pop(address)
-                    stop += self._stop_checker_locked(rec)
+                    stop += self._fitness.stop_checker_locked(rec)
                     to_close.append(rec)
                     self._post("removed", rec, f"{rec.stats.in_flight} calls in flight")
             created: list[EndpointRecord] = []
@@ -207,8 +207,7 @@ class Balancer(EndpointFitness):
                     continue
                 rec = EndpointRecord(endpoint, EndpointStats(self._clock), now, self._clock)
                 rec.stats.window = rec.window
-                if self._health_config is not None:
-                    rec.tracker = HealthTracker(self._health_config)
+                rec.tracker = self._fitness.new_tracker()
                 self._records[address] = rec
                 created.append(rec)
             # Reorder to the resolver's order (pick_first and hashing use it).
@@ -216,8 +215,8 @@ class Balancer(EndpointFitness):
             for rec in created:
                 rec.handle = self._factory.create(rec.endpoint, self._state_callback(rec))
                 self._post("added", rec, f"weight {rec.endpoint.weight}")
-            if self._outliers is not None:
-                self._outliers.set_addresses(self._records)
+            if self._fitness.outliers is not None:
+                self._fitness.outliers.set_addresses(self._records)
             if self._policy is not None:  # group policies need every endpoint, not just eligible
                 self._policy.endpoints_changed([r.endpoint for r in self._records.values()])
             self._rebuild_locked()
@@ -259,10 +258,10 @@ class Balancer(EndpointFitness):
                 rec.ready_count += 1
                 rec.failed_since_ready = False
                 rec.ready_since = self._clock()
-                self._start_checker_locked(rec)
+                self._fitness.start_checker_locked(rec)
             elif previous is Connectivity.READY:
                 rec.ready_since = None
-                stop = self._stop_checker_locked(rec)
+                stop = self._fitness.stop_checker_locked(rec)
             self._rebuild_locked()
         log.debug("endpoint %s: %s -> %s", rec.address, previous.value, state.value)
         for checker in stop:
@@ -470,7 +469,7 @@ class Balancer(EndpointFitness):
         """One immutable :class:`EndpointInfo` per endpoint, in resolver order."""
         with self._lock:
             now = self._clock()
-            det = self._outliers
+            det = self._fitness.outliers
             slow = self._options.slow_start
             return [r.info(now, det.multiplier(r.address) if det is not None else 0,
                            slow, self._panic) for r in self._records.values()]
@@ -485,12 +484,12 @@ class Balancer(EndpointFitness):
             self._closed = True
             records = list(self._records.values())
             for rec in records:
-                stop += self._stop_checker_locked(rec)
+                stop += self._fitness.stop_checker_locked(rec)
             self._records.clear()
             self.picker = FailingPicker("channel closed")
             self.state = Connectivity.SHUTDOWN
             policy, self._policy = self._policy, None
-            self._schedule_sweep(None)
+            self._fitness.schedule_sweep(None)
             if self._ramp_timer is not None:
                 self._ramp_timer.cancel()
             self._changed.notify_all()
@@ -507,3 +506,20 @@ class Balancer(EndpointFitness):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    # ----------------------------------------------------------------- health, ejection
+    @property
+    def failure_codes(self) -> frozenset[str]:
+        """Status codes counted as endpoint failures (outlier detection's, if it runs)."""
+        return self._fitness.failure_codes
+
+    def attach_outlier_detection(self, config: OutlierConfig) -> OutlierDetector:
+        """For the ``outlier_detection`` policy (the balancer is its ``OutlierHost``)."""
+        return self._fitness.attach_outlier_detection(config)
+
+    def detach_outlier_detection(self, detector: OutlierDetector) -> None:
+        self._fitness.detach_outlier_detection(detector)
+
+    def sweep(self) -> None:
+        """The outlier detector's interval sweep (on the scheduler; tests call it)."""
+        self._fitness.sweep()

@@ -18,7 +18,6 @@ from .outlier import (
     SuccessRateEjection,
     SweepResult,
 )
-from .record import EndpointInfo
 from .tracker import Backoff, HealthReport, HealthTracker
 from .window import RecentWindow
 
@@ -28,7 +27,6 @@ __all__ = [
     "BalancingOptions",
     "Ejection",
     "EndpointEvent",
-    "EndpointInfo",
     "EventBus",
     "FailurePercentageEjection",
     "HealthReport",

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..connectivity import Connectivity
 from ..endpoint import Endpoint
-from .options import SlowStartConfig
-from .tracker import HealthTracker
-from .window import RecentWindow
-
-if TYPE_CHECKING:
-    from ..balancer.picker import EndpointStats
+from ..health.options import SlowStartConfig
+from ..health.tracker import HealthTracker
+from ..health.window import RecentWindow
+from .picker import EndpointStats
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,7 @@ class EndpointRecord:
     """The balancer's mutable view of one endpoint (guarded by the balancer lock)."""
 
     __slots__ = ("endpoint", "handle", "stats", "window", "connectivity", "tracker",
-                 "checker", "checker_token", "reported_health", "unimplemented_logged",
+                 "checker", "checker_token", "reported_health",
                  "ejected", "ejected_until", "eject_reason", "added_at", "ready_since",
                  "ramp_pending", "ramp_start", "effective_weight", "picked",
                  "failed_since_ready", "ready_count")
@@ -84,7 +82,6 @@ class EndpointRecord:
         self.checker: Any = None                      # the running prober, while READY
         self.checker_token: object | None = None      # tells stale reports apart
         self.reported_health: bool | None = None      # last health in an event
-        self.unimplemented_logged = False
         self.ejected = False
         self.ejected_until: float | None = None
         self.eject_reason = ""
