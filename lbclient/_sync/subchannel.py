@@ -44,6 +44,19 @@ _CORE_STATES = {raw: TO_LBCLIENT[state] for raw, state in
 _SETTLED = (Connectivity.READY, Connectivity.TRANSIENT_FAILURE, Connectivity.SHUTDOWN)
 
 
+def _inner_wrapper(channel: Any, raw: Any) -> Any:
+    """The wrapper whose ``_channel`` is ``raw`` (None if ``channel`` is ``raw``)."""
+    outer = channel
+    for _ in range(8):
+        inner = getattr(outer, "_channel", None)
+        if inner is raw:
+            return outer
+        if not isinstance(inner, grpc.Channel):
+            return None
+        outer = inner
+    return None
+
+
 def raw_channel(channel: Any) -> grpc.Channel:
     """grpc's own channel beneath interceptor wrappers (``grpc.intercept_channel`` and
     look-alikes keep the wrapped channel as ``_channel``), else ``channel`` itself."""
@@ -177,6 +190,8 @@ class Subchannel:
             self.channel = grpc.secure_channel(target, factory.credentials, options,
                                                factory.compression)
         self.raw = raw_channel(self.channel)
+        if self.raw is not self.channel:
+            tag_spans(self.channel, self.raw, endpoint.address)
         # grpc multicallables of this connection, one per call site (see CallSite).
         self.calls: dict[CallSite, Any] = {}
         self._on_state = on_state
@@ -384,3 +399,58 @@ class SubchannelFactory:
         for sub in pending:
             sub.close_now()
         self.monitor.close()
+
+
+def tag_spans(channel: Any, raw: Any, address: str) -> None:
+    """``channel`` wraps grpc's own channel ``raw`` (e.g. OpenTelemetry's instrumentation
+    wrapped ``grpc.insecure_channel``): put an interceptor right above ``raw`` - inside the
+    wrapper's client span - that names the endpoint on that span (``server.address``,
+    ``server.port``, ``network.peer.address``, ``network.peer.port``). Nothing happens
+    without OpenTelemetry, or when the wrapper keeps its channel otherwise."""
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return
+    parent = _inner_wrapper(channel, raw)
+    if parent is None:
+        return
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    attributes = {"server.address": host, "network.peer.address": host}
+    if port.isdigit():
+        attributes["server.port"] = attributes["network.peer.port"] = int(port)  # type: ignore[assignment]
+    tagger = _EndpointSpans(trace.get_current_span, attributes)
+    try:
+        parent._channel = grpc.intercept_channel(raw, tagger)
+    except AttributeError:     # a wrapper that does not let its channel be replaced
+        return
+
+
+class _EndpointSpans(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                     grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Sets the endpoint's attributes on the current span (the attempt's client span)."""
+
+    def __init__(self, current_span: Callable[[], Any], attributes: dict[str, Any]) -> None:
+        self._current_span = current_span
+        self._attributes = attributes
+
+    def _tag(self) -> None:
+        span = self._current_span()
+        if span.is_recording():
+            span.set_attributes(self._attributes)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        self._tag()
+        return continuation(details, request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        self._tag()
+        return continuation(details, request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        self._tag()
+        return continuation(details, requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        self._tag()
+        return continuation(details, requests)
