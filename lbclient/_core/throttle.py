@@ -7,7 +7,8 @@ that says "don't retry") takes one token, every successful attempt gives back
 ``maxTokens / 2`` no retry and no further hedge is sent (the first attempt always is).
 
 Tokens are kept in thousandths as integers, as gRPC core does, so ``tokenRatio``'s three
-decimal places add up exactly. Threading: every method is thread-safe (one small lock).
+decimal places add up exactly. Threading: failures take a small lock; successes (the
+per-call path) do not (see :meth:`RetryThrottle.record_success`).
 """
 
 from __future__ import annotations
@@ -60,8 +61,12 @@ class RetryThrottle:
             return self._tokens / _MILLI
 
     def record_success(self) -> None:
-        with self._lock:
-            self._tokens = min(self._tokens + self._ratio, self._max)
+        """A successful attempt gives back ``tokenRatio``. No lock: every successful
+        call of a throttled channel comes here; under the GIL the update is a few
+        bytecodes, and a success racing another update can at worst be lost (making
+        retries marginally rarer), never push the count out of ``[0, maxTokens]``."""
+        tokens = self._tokens + self._ratio
+        self._tokens = tokens if tokens < self._max else self._max
 
     def record_failure(self) -> bool:
         """Take a token; return whether retries are still allowed afterwards."""

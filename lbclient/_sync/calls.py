@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from .._core.deadline import deadline_from, remaining
-from .._core.kinds import CallSite, Invocation
+from .._core.kinds import CallKind, CallSite, Invocation
 from ..balancer.picker import PickError
 from ..method_config import MethodConfig
 from . import attempt, retry
@@ -104,9 +104,8 @@ class _UnaryResponse(_MultiCallable):
         if config is None:
             return attempt.blocking(self._host, self._site, request, metadata, credentials,
                                     wait_for_ready, compression, False, timeout=timeout)[0]
-        inv = self._invocation(config, request, timeout, metadata, credentials,
-                               wait_for_ready, compression)
-        return retry.blocking(self._host, inv, config, False)[0]
+        return self._blocking(config, request, timeout, metadata, credentials,
+                              wait_for_ready, compression, False)[0]
 
     def with_call(self, request: Any, timeout: float | None = None, metadata: Any = None,
                   credentials: Any = None, wait_for_ready: bool | None = None,
@@ -115,9 +114,20 @@ class _UnaryResponse(_MultiCallable):
         if config is None:
             return attempt.blocking(self._host, self._site, request, metadata, credentials,
                                     wait_for_ready, compression, True, timeout=timeout)
+        return self._blocking(config, request, timeout, metadata, credentials,
+                              wait_for_ready, compression, True)
+
+    def _blocking(self, config: MethodConfig, request: Any, timeout: float | None,
+                  metadata: Any, credentials: Any, wait_for_ready: bool | None,
+                  compression: Any, with_call: bool) -> tuple[Any, Any]:
+        if (config.retry_policy is not None and config.hedging_policy is None
+                and self._site.kind is CallKind.UNARY_UNARY):
+            return retry.blocking_unary(self._host, self._site, config, request, timeout,
+                                        metadata, credentials, wait_for_ready, compression,
+                                        with_call)
         inv = self._invocation(config, request, timeout, metadata, credentials,
                                wait_for_ready, compression)
-        return retry.blocking(self._host, inv, config, True)
+        return retry.blocking(self._host, inv, config, with_call)
 
     def future(self, request: Any, timeout: float | None = None, metadata: Any = None,
                credentials: Any = None, wait_for_ready: bool | None = None,

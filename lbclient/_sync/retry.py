@@ -6,9 +6,10 @@ request stream also gets a :class:`SyncReplay`); a unary-unary method with a
 ``hedgingPolicy`` is hedged (other kinds run as a single attempt, as in gRPC). A unary
 request larger than the replay buffer is sent once, unretried, as gRPC does.
 
-* :func:`blocking` - unary-response blocking calls: the first attempt is the plain hot
-  path (:func:`lbclient._sync.attempt.blocking`); only when it fails does the plan
-  decide, the backoff sleep on the caller's thread and the next attempt start.
+* :func:`blocking_unary` - unary-unary blocking calls: the first attempt is the plain
+  hot path (:func:`lbclient._sync.attempt.blocking`); only when it fails is the plan
+  made, and it decides, the backoff sleeps on the caller's thread and the next attempt
+  starts. :func:`blocking` does the same for every other unary-response case.
 * :func:`future` - :class:`~lbclient._sync.future.RetryingFuture` or
   :class:`~lbclient._sync.hedge.HedgingFuture`.
 * :func:`stream` - :class:`~lbclient._sync.stream.ResponseStream` with the plan.
@@ -19,12 +20,13 @@ trailing metadata.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import grpc
 
-from .._core.deadline import remaining
-from .._core.kinds import CallKind, Invocation
+from .._core.deadline import deadline_from, remaining
+from .._core.kinds import CallKind, CallSite, Invocation
 from .._core.replay import DEFAULT_LIMIT, message_size
 from .._core.retry_plan import RetryPlan
 from ..method_config import MethodConfig
@@ -70,10 +72,65 @@ def blocking(host: Placement, inv: Invocation, config: MethodConfig,
         return attempt.blocking(host, site, inv.request, inv.metadata, inv.credentials,
                                 inv.wait_for_ready, inv.compression, with_call,
                                 deadline=inv.deadline)
-    ctx = host.ctx
+    return _retry(host, inv, plan, replay, None, with_call)
+
+
+def blocking_unary(host: Placement, site: CallSite, config: MethodConfig, request: Any,
+                   timeout: float | None, metadata: Any, credentials: Any,
+                   wait_for_ready: bool | None, compression: Any,
+                   with_call: bool) -> tuple[Any, Any]:
+    """A unary-unary blocking call with a ``retryPolicy``: the first attempt is the plain
+    hot path, and only when it fails is the call's retry plan made (a call that succeeds
+    at once pays for nothing but its deadline)."""
+    policy = config.retry_policy
+    assert policy is not None
+    now = time.monotonic()
+    deadline = deadline_from(timeout, config.timeout, now)
+    if wait_for_ready is None:
+        wait_for_ready = config.wait_for_ready
+    cap = policy.per_attempt_recv_timeout
+    tried: list[str] = []
+    try:
+        response, call = attempt.blocking(host, site, request, metadata, credentials,
+                                          wait_for_ready, compression, with_call,
+                                          deadline=deadline, cap=cap, placed=tried.append)
+    except grpc.RpcError as exc:
+        inv = Invocation(site, request, deadline, metadata, bool(wait_for_ready),
+                         credentials, compression)
+        if message_size(request, site.ser) > DEFAULT_LIMIT:
+            raise                          # too large to keep for replay: sent once
+        ctx = host.ctx
+        plan = RetryPlan(policy, deadline, throttle=ctx.throttle, rng=ctx.rng)
+        plan.start_attempt(metadata)       # the attempt that just failed
+        plan.tried = tried
+        plan.cut = cap is not None and (deadline is None or cap < deadline - now)
+        return _retry(host, inv, plan, None, exc, with_call)
+    throttle = host.ctx.throttle
+    if throttle is not None:
+        throttle.record_success()
+    return response, call
+
+
+def _retry(host: Placement, inv: Invocation, plan: RetryPlan, replay: SyncReplay | None,
+           failed: grpc.RpcError | None, with_call: bool) -> tuple[Any, Any]:
+    """The retry loop of a blocking call, on the caller's thread: after ``failed`` (the
+    attempt that just failed, or None before the first one), the plan decides, the
+    backoff sleeps here, and the next attempt starts."""
+    site, ctx = inv.site, host.ctx
     last: grpc.RpcError | None = None
     try:
         while True:
+            if failed is not None:
+                delay = plan.failed(code_of(failed), metadata_of(failed)[0],
+                                    closed=ctx.closed,
+                                    replayable=replay is None or not replay.committed)
+                if delay is None:
+                    wrapped = with_attempts(failed, plan.previous)
+                    if wrapped is failed:
+                        raise failed
+                    raise wrapped from None
+                last, failed = failed, None
+                host.sleep(delay)
             request = inv.request
             if replay is not None:
                 view = replay.view()
@@ -88,15 +145,7 @@ def blocking(host: Placement, inv: Invocation, config: MethodConfig,
                     cap=plan.attempt_timeout(remaining(inv.deadline)),
                     exclude=plan.exclude(), placed=plan.placed)
             except grpc.RpcError as exc:
-                delay = plan.failed(code_of(exc), metadata_of(exc)[0], closed=ctx.closed,
-                                    replayable=replay is None or not replay.committed)
-                if delay is None:
-                    wrapped = with_attempts(exc, plan.previous)
-                    if wrapped is exc:
-                        raise
-                    raise wrapped from None
-                last = exc
-                host.sleep(delay)
+                failed = exc
                 continue
             plan.succeeded()
             return response, with_attempts(call, plan.previous)

@@ -12,7 +12,6 @@ import itertools
 import math
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from ..endpoint import Endpoint
@@ -33,11 +32,10 @@ class PickError(LbclientError):
         self.queue = queue
 
 
-@dataclass(frozen=True, slots=True)
-class PickInfo:
+class PickInfo(NamedTuple):
     """What a picker may look at: the full method name, the call's metadata, and the
     addresses already tried by earlier attempts of the same call (to be avoided when
-    another eligible endpoint exists)."""
+    another eligible endpoint exists). An immutable tuple (cheap to make per call)."""
 
     method: str
     metadata: Metadata = ()
@@ -169,16 +167,18 @@ class EndpointStats:
         next(self._calls)
         if failure:
             next(self._failures)
-        lat = latency if latency > 0.0 else 0.0
+        if latency < 0.0:
+            latency = 0.0
         ewma = self.latency_ewma
-        self.latency_ewma = lat if ewma is None else 0.8 * ewma + 0.2 * lat
-        peak = self.peak_ewma
+        self.latency_ewma = latency if ewma is None else ewma + 0.2 * (latency - ewma)
         now = self.clock()
-        if peak is None or lat > peak:
-            self.peak_ewma = lat
+        peak = self.peak_ewma
+        if peak is None or latency > peak:
+            self.peak_ewma = latency
         else:
-            w = math.exp(-max(now - self._peak_stamp, 0.0) / self.decay_time)
-            self.peak_ewma = peak * w + lat * (1.0 - w)
+            elapsed = now - self._peak_stamp
+            w = math.exp(-elapsed / self.decay_time) if elapsed > 0.0 else 1.0
+            self.peak_ewma = latency + w * (peak - latency)
         self._peak_stamp = now
         window = self.window
         if window is not None:
@@ -245,10 +245,10 @@ class Candidate:
         return f"Candidate({self.address!r}, weight={self.weight:g})"
 
 
-@dataclass(frozen=True, slots=True)
-class PickResult:
+class PickResult(NamedTuple):
     """The chosen endpoint, and an optional callback fired exactly once when the RPC
-    ends (success, error, cancellation, deadline; streams included)."""
+    ends (success, error, cancellation, deadline; streams included). An immutable tuple
+    (cheap to make per pick; plain picks reuse ``Candidate.result``)."""
 
     candidate: Candidate
     on_done: Callable[[CallOutcome], None] | None = None
