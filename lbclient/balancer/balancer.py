@@ -102,6 +102,7 @@ class Balancer:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._records: dict[str, EndpointRecord] = {}
+        self._resolved: list[Endpoint] = []    # the resolver's latest list, all of it
         self._policy: Policy | None = None
         self._spec: PolicySpec | None = None
         self._resolver_error: str | None = None
@@ -135,11 +136,12 @@ class Balancer:
             ctx = PolicyContext(clock=self._clock, rng=self._rng, scheduler=self._scheduler,
                                 request_rebuild=self.rebuild, options={HOST_OPTION: self})
             self._policy, self._spec = spec.create(config, ctx), spec
-            self._policy.endpoints_changed([r.endpoint for r in self._records.values()])
-            self._rebuild_locked()
+            # the new policy may select other endpoints (subsetting); this also tells it
+            # every endpoint (endpoints_changed) and rebuilds the picker
+            to_close, stop = self._apply_endpoints_locked()
         if old is not None:
             old.close()
-        self._after_change()
+        self._finish_apply(to_close, stop)
 
     @property
     def policy(self) -> Policy | None:
@@ -180,51 +182,66 @@ class Balancer:
     def update_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         """Apply a whole snapshot: unchanged addresses keep their connection and state;
         new ones connect; removed ones stop being picked at once and are closed once
-        their in-flight calls have ended (their health checking stops at once)."""
-        to_close: list[EndpointRecord] = []
-        stop: list[HealthChecker] = []
+        their in-flight calls have ended (their health checking stops at once). A
+        subsetting policy chooses which of them the balancer keeps
+        (:meth:`Policy.select_endpoints`); the others get no connection at all."""
         with self._lock:
             if self._closed:
                 return
             self._resolver_error = None
             self._resolved_once = True
-            now = self._clock()
-            wanted = {e.address: e for e in endpoints}
-            for address in list(self._records):
-                if address not in wanted:
-                    rec = self._records.pop(address)
-                    stop += self._fitness.stop_checker_locked(rec)
-                    to_close.append(rec)
-                    self._post("removed", rec, f"{rec.stats.in_flight} calls in flight")
-            created: list[EndpointRecord] = []
-            for address, endpoint in wanted.items():
-                known = self._records.get(address)
-                if known is not None:
-                    rec = known
-                    if rec.endpoint.weight != endpoint.weight or dict(
-                            rec.endpoint.attributes) != dict(endpoint.attributes):
-                        rec.endpoint = endpoint
-                    continue
-                rec = EndpointRecord(endpoint, EndpointStats(self._clock), now, self._clock)
-                rec.stats.window = rec.window
-                rec.tracker = self._fitness.new_tracker()
-                self._records[address] = rec
-                created.append(rec)
-            # Reorder to the resolver's order (pick_first and hashing use it).
-            self._records = {a: self._records[a] for a in wanted}
-            for rec in created:
-                rec.handle = self._factory.create(rec.endpoint, self._state_callback(rec))
-                self._post("added", rec, f"weight {rec.endpoint.weight}")
-            if self._fitness.outliers is not None:
-                self._fitness.outliers.set_addresses(self._records)
-            if self._policy is not None:  # group policies need every endpoint, not just eligible
-                self._policy.endpoints_changed([r.endpoint for r in self._records.values()])
-            self._rebuild_locked()
+            self._resolved = list(endpoints)
+            to_close, stop = self._apply_endpoints_locked()
+        self._finish_apply(to_close, stop)
+
+    def _finish_apply(self, to_close: list[EndpointRecord], stop: list[HealthChecker]) -> None:
         for checker in stop:
             checker.stop()
         for rec in to_close:
             rec.stats.when_idle(rec.handle.shutdown)
         self._after_change()
+
+    def _apply_endpoints_locked(self) -> tuple[list[EndpointRecord], list[HealthChecker]]:
+        """Make the records match the policy's selection of the resolved endpoints;
+        returns what to close and stop once the lock is released."""
+        to_close: list[EndpointRecord] = []
+        stop: list[HealthChecker] = []
+        endpoints: Sequence[Endpoint] = self._resolved
+        if self._policy is not None:
+            endpoints = self._policy.select_endpoints(endpoints)
+        now = self._clock()
+        wanted = {e.address: e for e in endpoints}
+        for address in list(self._records):
+            if address not in wanted:
+                rec = self._records.pop(address)
+                stop += self._fitness.stop_checker_locked(rec)
+                to_close.append(rec)
+                self._post("removed", rec, f"{rec.stats.in_flight} calls in flight")
+        created: list[EndpointRecord] = []
+        for address, endpoint in wanted.items():
+            known = self._records.get(address)
+            if known is not None:
+                rec = known
+                if rec.endpoint.weight != endpoint.weight or dict(
+                        rec.endpoint.attributes) != dict(endpoint.attributes):
+                    rec.endpoint = endpoint
+                continue
+            rec = EndpointRecord(endpoint, EndpointStats(self._clock), now, self._clock)
+            rec.stats.window = rec.window
+            rec.tracker = self._fitness.new_tracker()
+            self._records[address] = rec
+            created.append(rec)
+        # Reorder to the resolver's order (pick_first and hashing use it).
+        self._records = {a: self._records[a] for a in wanted}
+        for rec in created:
+            rec.handle = self._factory.create(rec.endpoint, self._state_callback(rec))
+            self._post("added", rec, f"weight {rec.endpoint.weight}")
+        if self._fitness.outliers is not None:
+            self._fitness.outliers.set_addresses(self._records)
+        if self._policy is not None:  # group policies need every endpoint, not just eligible
+            self._policy.endpoints_changed([r.endpoint for r in self._records.values()])
+        self._rebuild_locked()
+        return to_close, stop
 
     def resolver_error(self, message: str) -> None:
         """A resolver failure: keep the endpoints; if there are none, calls fail with

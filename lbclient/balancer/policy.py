@@ -77,6 +77,17 @@ class Policy(ABC):
         update, and once after the policy is created. Group policies use it to know each
         group's size, so they can compute its healthy share from the candidates."""
 
+    def select_endpoints(self, endpoints: Sequence[Endpoint]) -> Sequence[Endpoint]:
+        """Which of the resolver's endpoints the balancer keeps: only those get a
+        connection, health checking and outlier tracking (subsetting policies return a
+        subset; called with the balancer's lock held, after every resolver update and
+        when the policy is created). Default: all of them; a wrapper policy (one with a
+        ``child`` policy) asks its child."""
+        child = getattr(self, "child", None)
+        if isinstance(child, Policy):
+            return child.select_endpoints(endpoints)
+        return endpoints
+
     def available_share(self, fit: Sequence[Endpoint], connected: Sequence[Endpoint]) -> float:
         """The share of capacity (0..1) this policy can serve from the ``fit`` endpoints
         (READY, healthy, not ejected) out of the ``connected`` ones. The balancer compares
