@@ -224,6 +224,13 @@ class ChannelBase:
     def target(self) -> str:
         return self._target.raw
 
+    @property
+    def circuit_breaker_rejections(self) -> int:
+        """Calls refused at once because ``maxRequests`` attempts were in flight (the
+        ``"lbclient"`` block's circuit breaker; per endpoint, ``EndpointInfo.overflows``
+        counts the picks that skipped a full endpoint)."""
+        return self._balancer.breaker.rejected
+
     # ------------------------------------------------------------ call listeners
     def add_call_listener(self, fn: CallListener) -> None:
         """``fn(address, outcome)`` once per finished attempt (sync channel: any thread,

@@ -31,6 +31,8 @@ def fail_now(ctx: CallContext, error: PickError,
     closed, else UNAVAILABLE with the reason), None when it should wait."""
     if ctx.closed:
         return "CANCELLED", CLOSED
+    if error.fail_fast:                     # a circuit breaker: never waits
+        return "UNAVAILABLE", str(error)
     if wait_for_ready or error.queue:
         return None
     return "UNAVAILABLE", explain(ctx.balancer, error)

@@ -33,6 +33,7 @@ from ..endpoint import Endpoint
 from ..health.events import EndpointEvent, EventBus, EventKind
 from ..health.options import DEFAULT_OPTIONS, BalancingOptions
 from ..health.outlier import HOST_OPTION, OutlierConfig, OutlierDetector
+from .breaker import BreakerPicker, BreakerState
 from .fitness import Fitness, HealthChecker, HealthCheckerFactory
 from .picker import Candidate, EndpointStats, FailingPicker, Picker
 from .policy import Policy, PolicyContext, PolicySpec
@@ -114,6 +115,7 @@ class Balancer:
         self._options: BalancingOptions = DEFAULT_OPTIONS
         self._ramp_timer: Any = None
         self._panic = False
+        self.breaker = BreakerState()          # circuit breaker counters (see breaker.py)
         # Health checking and outlier ejection: composed, sharing the lock and records.
         self._fitness = Fitness(
             lock=self._lock, records=lambda: self._records, closed=lambda: self._closed,
@@ -153,6 +155,9 @@ class Balancer:
             if self._closed or options == self._options:
                 return
             self._options = options
+            shared = self.breaker.in_flight if options.max_requests is not None else None
+            for rec in self._records.values():
+                rec.stats.shared = shared
             self._rebuild_locked()
         self._after_change()
 
@@ -228,6 +233,8 @@ class Balancer:
                 continue
             rec = EndpointRecord(endpoint, EndpointStats(self._clock), now, self._clock)
             rec.stats.window = rec.window
+            if self._options.max_requests is not None:
+                rec.stats.shared = self.breaker.in_flight
             rec.tracker = self._fitness.new_tracker()
             self._records[address] = rec
             created.append(rec)
@@ -353,7 +360,12 @@ class Balancer:
                 factor = self._slow_start_factor(r, now)
                 r.effective_weight = w * factor
                 candidates.append(c.with_weight(w * factor))
-            self.picker = policy.build_picker(candidates)
+            picker = policy.build_picker(candidates)
+            opts = self._options
+            if opts.max_requests is not None or opts.max_concurrent_requests is not None:
+                picker = BreakerPicker(picker, self.breaker, opts.max_requests,
+                                       opts.max_concurrent_requests, len(candidates))
+            self.picker = picker
         if records:
             self.state = aggregate([r.connectivity for r in records])
         else:   # IDLE until the resolver has answered, as a fresh grpc channel is

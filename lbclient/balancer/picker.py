@@ -27,9 +27,10 @@ class PickError(LbclientError):
     (within its deadline) even without ``wait_for_ready``, as gRPC queues calls while
     connecting."""
 
-    def __init__(self, message: str, queue: bool = False) -> None:
+    def __init__(self, message: str, queue: bool = False, fail_fast: bool = False) -> None:
         super().__init__(message)
         self.queue = queue
+        self.fail_fast = fail_fast   # fail at once, even with wait_for_ready (breakers)
 
 
 class PickInfo(NamedTuple):
@@ -94,7 +95,7 @@ class EndpointStats:
 
     __slots__ = ("_lock", "_active", "_picks", "_calls", "_failures", "latency_ewma",
                  "peak_ewma", "_peak_stamp", "decay_time", "clock", "_idle_callback",
-                 "_on_end", "retiring", "window", "__weakref__")
+                 "_on_end", "retiring", "window", "shared", "overflows", "__weakref__")
 
     def __init__(self, clock: Callable[[], float], decay_time: float = 10.0) -> None:
         self._lock = threading.Lock()
@@ -112,6 +113,9 @@ class EndpointStats:
         self.retiring = False
         # Recent calls and failures (``RecentWindow``-like: ``add(failed, now)``), if any.
         self.window: Any = None
+        # The channel's in-flight tokens (circuit breakers), when a limit is set.
+        self.shared: list[None] | None = None
+        self.overflows = itertools.count()   # picks that skipped it: it was full
 
     @property
     def in_flight(self) -> int:
@@ -132,6 +136,9 @@ class EndpointStats:
     def begin(self) -> None:
         self._active.append(None)
         next(self._picks)
+        shared = self.shared
+        if shared is not None:
+            shared.append(None)
 
     def try_begin(self, expected_in_flight: int) -> bool:
         """:meth:`begin`, but only if ``in_flight`` still equals ``expected_in_flight``
@@ -143,6 +150,9 @@ class EndpointStats:
                 return False
             self._active.append(None)
         next(self._picks)
+        shared = self.shared
+        if shared is not None:
+            shared.append(None)
         return True
 
     def peak_ewma_at(self, now: float) -> float | None:
@@ -164,6 +174,12 @@ class EndpointStats:
         """:meth:`end` without an outcome for the end listeners (the channel's path when
         nobody listens)."""
         self._active.pop()
+        shared = self.shared
+        if shared is not None:
+            try:
+                shared.pop()
+            except IndexError:   # breakers were switched on while this call ran
+                pass
         next(self._calls)
         if failure:
             next(self._failures)
@@ -190,6 +206,12 @@ class EndpointStats:
         """Undo a :meth:`begin` whose call never started (a pick counted at pick time
         and then not used); the pick itself stays counted."""
         self._active.pop()
+        shared = self.shared
+        if shared is not None:
+            try:
+                shared.pop()
+            except IndexError:   # breakers were switched on while this call ran
+                pass
         if self._idle_callback is not None:
             self._run_idle()
 

@@ -60,6 +60,7 @@ class EndpointInfo:
     slow_start: float | None = None
     panic: bool = False
     unfit_reason: str = field(default="", compare=False)
+    overflows: int = 0     # picks that skipped it: maxConcurrentRequests in flight
 
 
 class EndpointRecord:
@@ -148,4 +149,5 @@ class EndpointRecord:
             ejected=self.ejected, ejections=multiplier,
             recent_calls=calls, recent_failures=failures, window=self.window.span,
             effective_weight=self.effective_weight if self.picked else 0.0,
-            slow_start=progress, panic=panic, unfit_reason=self.unfit_reason())
+            slow_start=progress, panic=panic, unfit_reason=self.unfit_reason(),
+            overflows=int(repr(self.stats.overflows)[6:-1]))

@@ -16,7 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .._validate import expect_object, get_duration, get_number, get_object, reject_unknown
+from .._validate import (
+    expect_object,
+    get_duration,
+    get_int,
+    get_number,
+    get_object,
+    reject_unknown,
+)
 from ..errors import ServiceConfigError
 
 FIELD = "lbclient"
@@ -46,10 +53,15 @@ class SlowStartConfig:
 
 @dataclass(frozen=True)
 class BalancingOptions:
-    """``panic_threshold`` in percent (0 disables); ``slow_start`` None disables it."""
+    """``panic_threshold`` in percent (0 disables); ``slow_start`` None disables it.
+    Circuit breakers (Envoy's; gRFC A32's ``maxRequests``): ``max_requests`` attempts in
+    flight on the whole channel, ``max_concurrent_requests`` on any one endpoint (None:
+    no limit)."""
 
     panic_threshold: float = 50.0
     slow_start: SlowStartConfig | None = None
+    max_requests: int | None = None
+    max_concurrent_requests: int | None = None
 
 
 DEFAULT_OPTIONS = BalancingOptions()
@@ -60,7 +72,11 @@ def parse_balancing_options(value: Any, path: str = FIELD) -> BalancingOptions:
     if value is None:
         return DEFAULT_OPTIONS
     obj = expect_object(value, path)
-    reject_unknown(obj, path, {"panicThreshold", "slowStartConfig"})
+    reject_unknown(obj, path, {"panicThreshold", "slowStartConfig", "maxRequests",
+                               "maxConcurrentRequests"})
+    limits = [get_int(obj, key, path, 0, minimum=1, maximum=2**32 - 1)
+              if obj.get(key) is not None else None
+              for key in ("maxRequests", "maxConcurrentRequests")]
     panic = get_number(obj, "panicThreshold", path, 50.0, minimum=0.0, maximum=100.0)
     ss = get_object(obj, "slowStartConfig", path)
     slow = None
@@ -76,4 +92,4 @@ def parse_balancing_options(value: Any, path: str = FIELD) -> BalancingOptions:
                                   exclusive_minimum=True),
             min_weight_percent=get_number(ss, "minWeightPercent", p, 10.0, minimum=0.0,
                                           maximum=100.0))
-    return BalancingOptions(panic, slow)
+    return BalancingOptions(panic, slow, limits[0], limits[1])

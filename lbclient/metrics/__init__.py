@@ -40,7 +40,12 @@ def instrument(channel: Any, *, max_endpoints: int = MAX_ENDPOINTS) -> ChannelMe
         ch = ref()
         return ch.endpoints() if ch is not None else []
 
-    collector = ChannelMetrics(channel.target, endpoints, max_endpoints=max_endpoints)
+    def rejections() -> int:
+        ch = ref()
+        return int(getattr(ch, "circuit_breaker_rejections", 0)) if ch is not None else 0
+
+    collector = ChannelMetrics(channel.target, endpoints, max_endpoints=max_endpoints,
+                               rejections=rejections)
     collector.attachment = attach(channel, collector)
     return collector
 

@@ -102,6 +102,7 @@ class EndpointMetrics:
     healthy: bool | None = None
     ejected: bool = False
     eligible: bool = False
+    overflows: int = 0                 # circuit breaker: picks that skipped it (it was full)
 
     @property
     def total_calls(self) -> int:
@@ -115,6 +116,7 @@ class ChannelSnapshot:
     resolver_updates: int
     resolver_errors: int
     calls: Mapping[str, int] = field(default_factory=dict)   # channel totals by code
+    breaker_rejections: int = 0        # circuit breaker: calls refused by maxRequests
 
 
 class _Record:
@@ -152,12 +154,14 @@ class ChannelMetrics:
     """
 
     def __init__(self, target: str, endpoints: EndpointSource | None = None, *,
-                 max_endpoints: int = MAX_ENDPOINTS) -> None:
+                 max_endpoints: int = MAX_ENDPOINTS,
+                 rejections: Callable[[], int] | None = None) -> None:
         if max_endpoints < 1:
             raise ValueError(f"max_endpoints must be >= 1, got {max_endpoints}")
         self.target = target
         self.max_endpoints = max_endpoints
         self._endpoints = endpoints
+        self._rejections = rejections     # the channel's circuit breaker rejections
         self._lock = threading.Lock()
         self._records: dict[str, _Record] = {}
         self._present: set[str] = set()
@@ -239,8 +243,9 @@ class ChannelMetrics:
             for row in rows:
                 for k, v in row.calls.items():
                     totals[k] = totals.get(k, 0) + v
+            rejected = self._rejections() if self._rejections is not None else 0
             return ChannelSnapshot(self.target, tuple(rows), self._resolver_updates,
-                                   self._resolver_errors, totals)
+                                   self._resolver_errors, totals, rejected)
 
     @staticmethod
     def _export(address: str, rec: _Record, info: Any) -> EndpointMetrics:
@@ -257,4 +262,5 @@ class ChannelMetrics:
             connectivity=info.connectivity if info is not None else None,
             healthy=info.healthy if info is not None else None,
             ejected=info is not None and info.ejected_until is not None,
-            eligible=info is not None and bool(info.eligible))
+            eligible=info is not None and bool(info.eligible),
+            overflows=int(getattr(info, "overflows", 0)) if info is not None else 0)

@@ -117,6 +117,14 @@ class _Instruments:
         meter.create_observable_gauge(
             "lbclient.endpoint.eligible", [self._observe("eligible")],
             description="1 if the endpoint may be picked now.")
+        meter.create_observable_counter(
+            "lbclient.circuit_breaker.overflows", [self._observe("overflows")],
+            unit="{pick}",
+            description="Picks that skipped the endpoint: maxConcurrentRequests in flight.")
+        meter.create_observable_counter(
+            "lbclient.circuit_breaker.rejections", [self._observe_rejections],
+            unit="{call}",
+            description="Calls refused at once by the channel's maxRequests circuit breaker.")
 
     def add(self, channel: Any, sink: OtelSink) -> None:
         with self._lock:
@@ -125,6 +133,17 @@ class _Instruments:
     def remove(self, channel: Any) -> None:
         with self._lock:
             self._channels = [(r, s) for r, s in self._channels if r() is not channel]
+
+    def _observe_rejections(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            entries = list(self._channels)
+        sums: dict[str, int] = {}
+        for ref, sink in entries:
+            ch = ref()
+            if ch is not None and ch.get_state().name != "SHUTDOWN":
+                sums[sink.target] = sums.get(sink.target, 0) + int(
+                    getattr(ch, "circuit_breaker_rejections", 0))
+        return [Observation(n, {"lbclient.target": t}) for t, n in sums.items()]
 
     def _observe(self, field: str) -> Any:
         def callback(options: CallbackOptions) -> Iterable[Observation]:

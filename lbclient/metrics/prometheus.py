@@ -23,6 +23,8 @@ summed; a closed or collected channel's series disappear at the next scrape):
     lbclient_endpoint_healthy{target,address}                gauge (absent: not health-checked)
     lbclient_resolver_updates_total{target}                  counter
     lbclient_resolver_errors_total{target}                   counter
+    lbclient_circuit_breaker_rejections_total{target}        counter (maxRequests refusals)
+    lbclient_circuit_breaker_overflows_total{target,address} counter (full: skipped)
 
 Threading: ``collect()`` runs on the scraping thread and only reads snapshots.
 """
@@ -102,9 +104,12 @@ class LbclientCollector(Collector):
             t = snap.target
             add("resolver_updates", (t,), snap.resolver_updates)
             add("resolver_errors", (t,), snap.resolver_errors)
+            add("breaker_rejections", (t,), snap.breaker_rejections)
             for ep in snap.endpoints:
                 key = (t, ep.address)
                 add("picks", key, ep.picks)
+                if ep.present:
+                    add("overflows", key, ep.overflows)
                 if ep.present:
                     add("in_flight", key, ep.in_flight)
                     add("eligible", key, int(ep.eligible))
@@ -158,6 +163,13 @@ def _families() -> dict[str, Any]:
                                                 labels=["target"]),
         "resolver_errors": CounterMetricFamily("lbclient_resolver_errors",
                                                "Resolver failures.", labels=["target"]),
+        "breaker_rejections": CounterMetricFamily(
+            "lbclient_circuit_breaker_rejections",
+            "Calls refused at once by the channel's maxRequests circuit breaker.",
+            labels=["target"]),
+        "overflows": CounterMetricFamily(
+            "lbclient_circuit_breaker_overflows",
+            "Picks that skipped the endpoint: maxConcurrentRequests in flight.", labels=_EP),
     }
 
 
