@@ -17,6 +17,7 @@ reason (``fail_now``), DEADLINE_EXCEEDED while waiting, CANCELLED once the chann
 
 from __future__ import annotations
 
+import _thread
 import itertools
 import logging
 import threading
@@ -29,7 +30,7 @@ import grpc
 from .._core.context import CallContext
 from .._core.deadline import remaining
 from .._core.picking import CLOSED, fail_now, wait_expired
-from ..balancer.picker import PickError, PickInfo, PickResult
+from ..balancer.picker import FailingPicker, PickError, PickInfo, PickResult
 from .errors import LocalRpcError
 from .scheduler import ThreadScheduler
 
@@ -70,6 +71,9 @@ class Placement:
         self.scheduler = scheduler
         self._kick = kick
         self._event = threading.Event()
+        # One lock per waiting blocking call, released (= signalled) at every change:
+        # thousands of waiters then wake without contending for a shared lock.
+        self._sleepers: set[Any] = set()
         self._lock = threading.Lock()
         self._queue: dict[int, _Waiter] = {}
         self._timers: dict[int, tuple[Any, Callable[[], None]]] = {}
@@ -80,6 +84,14 @@ class Placement:
         """A new picker (or channel state) was published: wake and serve the waiters."""
         event, self._event = self._event, threading.Event()
         event.set()
+        picker = self.ctx.balancer.picker
+        if isinstance(picker, FailingPicker) and picker.queue and not self.ctx.closed:
+            return     # still "not yet" for everyone: no waiter could be placed or failed
+        for sleeper in list(self._sleepers):
+            try:
+                sleeper.release()
+            except RuntimeError:      # already signalled, not yet re-armed
+                pass
         if self._queue:
             with self._lock:
                 waiters = list(self._queue.values())
@@ -100,22 +112,33 @@ class Placement:
         if failed is not None:
             raise LocalRpcError.named(*failed)
         reason = str(error)
-        self._connect()
-        while True:
-            event = self._event
-            if ctx.closed:
-                raise self.closed_error()
-            try:
-                return ctx.balancer.picker.pick(info)
-            except PickError as exc:
-                failed = fail_now(ctx, exc, wait_for_ready)
-                if failed is not None:
-                    raise LocalRpcError.named(*failed) from None
-                reason = str(exc)
-            left = remaining(deadline)
-            if left is not None and left <= 0:
-                raise LocalRpcError.named(*wait_expired(reason))
-            event.wait(left)
+        sleeper = _thread.allocate_lock()
+        sleeper.acquire()
+        self._sleepers.add(sleeper)           # set.add/discard: atomic, no lock
+        try:
+            self._connect()
+            while True:
+                if ctx.closed:
+                    raise self.closed_error()
+                try:
+                    return ctx.balancer.picker.pick(info)
+                except PickError as exc:
+                    failed = fail_now(ctx, exc, wait_for_ready)
+                    if failed is not None:
+                        raise LocalRpcError.named(*failed) from None
+                    reason = str(exc)
+                left = remaining(deadline)
+                if left is not None and left <= 0:
+                    raise LocalRpcError.named(*wait_expired(reason))
+                # a change signalled between the pick and here keeps the lock released
+                if not sleeper.acquire(True, -1 if left is None else left):
+                    # timed out without a change: the deadline, at once (no pick again;
+                    # with thousands of waiting calls every step after waking counts)
+                    if ctx.closed:
+                        raise self.closed_error()
+                    raise LocalRpcError.named(*wait_expired(reason))
+        finally:
+            self._sleepers.discard(sleeper)
 
     def later(self, info: PickInfo, error: PickError, deadline: float | None,
               wait_for_ready: bool, placed: Placed, failed: Failed) -> Callable[[], bool]:
