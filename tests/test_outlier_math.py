@@ -205,7 +205,7 @@ def test_consecutive_failures_trip_once_and_success_resets() -> None:
     cfg = OutlierConfig(consecutive_failures=3)
     det, _ = detector(cfg, n=3)
     trips: list[str] = []
-    det.on_trip = trips.append
+    det.on_trip = lambda address, reason: trips.append(address)
     feed(det, ADDRS[0], 0, 2)
     det.record(ADDRS[0], "OK")
     feed(det, ADDRS[0], 0, 2)
@@ -225,12 +225,12 @@ def test_failure_codes_are_configurable() -> None:
     cfg = OutlierConfig(consecutive_failures=2, failure_codes=ALL_FAILURE_CODES)
     det, _ = detector(cfg, n=2)
     trips: list[str] = []
-    det.on_trip = trips.append
+    det.on_trip = lambda address, reason: trips.append(address)
     feed(det, ADDRS[1], 0, 2, code="NOT_FOUND")   # counts only with gRPC's rule
     feed(det, ADDRS[0], 0, 2, code="NOT_FOUND")
     assert trips == [ADDRS[1], ADDRS[0]]
     det2, _ = detector(OutlierConfig(consecutive_failures=2), n=2)
-    det2.on_trip = trips.append
+    det2.on_trip = lambda address, reason: trips.append(address)
     feed(det2, ADDRS[0], 0, 5, code="NOT_FOUND")
     assert trips == [ADDRS[1], ADDRS[0]]
 

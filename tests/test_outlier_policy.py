@@ -56,7 +56,7 @@ def test_counting_picker_counts_then_runs_the_childs_callback() -> None:
     assert isinstance(picker, CountingPicker)
     det = host.detectors[0]
     trips: list[str] = []
-    det.on_trip = trips.append
+    det.on_trip = lambda address, reason: trips.append(address)
     for _ in range(4):
         res = picker.pick(PickInfo("/s/m"))
         assert res.on_done is not None

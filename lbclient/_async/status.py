@@ -147,7 +147,8 @@ class _Finish:
             if code == "OK" and not done.wants_metadata:
                 done.end(code)
             else:
-                done.end(code, status.trailing_metadata() or (), c._initial_metadata or ())
+                done.end(code, status.trailing_metadata() or (), c._initial_metadata or (),
+                         status.details())
         except Exception:   # never raise into grpc
             log.exception("finishing an attempt failed")
 
@@ -181,7 +182,7 @@ def finish_when_done(call: Any, done: Any) -> None:
         c.add_done_callback(_Finish(c, done))
     else:
         when_done(call, lambda status: done.end(status.code, status.trailing,
-                                                status.initial))
+                                                status.initial, status.details))
 
 
 def _public_status(call: Any, fire: Callable[[Status], None]) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..balancer.picker import CallOutcome, PickResult
+from ..health.origin import local_origin
 from .context import CallContext
 
 log = logging.getLogger("lbclient.channel")
@@ -28,21 +29,28 @@ clock = time.perf_counter
 
 
 def end_attempt(ctx: CallContext, result: PickResult, latency: float, code: str,
-                trailing: Sequence[Any] = (), initial: Sequence[Any] = ()) -> None:
-    """Account for an attempt that ended with ``code`` after ``latency`` seconds."""
+                trailing: Sequence[Any] = (), initial: Sequence[Any] = (),
+                details: str | None = None) -> None:
+    """Account for an attempt that ended with ``code`` after ``latency`` seconds
+    (``details``: the status details of a failure, to tell its origin)."""
     candidate = result.candidate
     stats = candidate.stats
-    if code == "UNAVAILABLE":
-        # The connection may have just gone down: re-check it now rather than at the
-        # next connectivity sweep, so the next pick already avoids it.
-        candidate.handle.poll()
+    local = False
+    if code != "OK":
+        if code == "UNAVAILABLE":
+            # The connection may have just gone down: re-check it now rather than at the
+            # next connectivity sweep, so the next pick already avoids it.
+            candidate.handle.poll()
+        local = local_origin(code, details)
+        if local:
+            stats.local_failure()
     failure = code in ctx.failure_codes
     listener = ctx.call_listener
     on_done = result.on_done
     if on_done is None and listener is None and not stats.has_end_listeners:
         stats.record(latency, failure)
         return
-    outcome = CallOutcome(code, latency, tuple(trailing), tuple(initial))
+    outcome = CallOutcome(code, latency, tuple(trailing), tuple(initial), local)
     stats.end(outcome, failure)
     if on_done is not None:
         try:
@@ -94,13 +102,14 @@ class Attempt:
     def ended(self) -> bool:
         return not self._open
 
-    def end(self, code: str, trailing: Sequence[Any] = (),
-            initial: Sequence[Any] = ()) -> bool:
-        """End the attempt with a status code name (and metadata already in hand);
-        False if it had ended already."""
+    def end(self, code: str, trailing: Sequence[Any] = (), initial: Sequence[Any] = (),
+            details: str | None = None) -> bool:
+        """End the attempt with a status code name (and metadata and details already in
+        hand); False if it had ended already."""
         try:
             self._open.pop()
         except IndexError:
             return False
-        end_attempt(self.ctx, self.result, clock() - self.t0, code, trailing, initial)
+        end_attempt(self.ctx, self.result, clock() - self.t0, code, trailing, initial,
+                    details)
         return True

@@ -28,7 +28,7 @@ import grpc
 from .._core.attempt import REPICKS, Attempt, end_attempt
 from .._core.kinds import CallSite
 from ..balancer.picker import PickError, PickInfo, PickResult
-from .errors import code_of, metadata_of
+from .errors import code_of, details_of, metadata_of
 from .picking import Placement
 
 _clock = time.perf_counter
@@ -86,7 +86,8 @@ def blocking(host: Placement, site: CallSite, request: Any, metadata: Any, crede
                               wait_for_ready=wait_for_ready, compression=compression)
                 call = None
         except grpc.RpcError as exc:
-            end_attempt(ctx, result, _clock() - t0, code_of(exc), *metadata_of(exc))
+            end_attempt(ctx, result, _clock() - t0, code_of(exc), *metadata_of(exc),
+                        details_of(exc))
             raise
         except ValueError:        # grpc: the endpoint's channel was closed meanwhile
             end_attempt(ctx, result, _clock() - t0, "CANCELLED")
@@ -167,7 +168,7 @@ def end_with(attempt: Attempt, call: Any) -> None:
     if call is None or (code == "OK" and not attempt.wants_metadata):
         attempt.end(code)
     else:
-        attempt.end(code, *metadata_of(call))
+        attempt.end(code, *metadata_of(call), details_of(call))
 
 
 def finish_when_done(rpc: Any, attempt: Attempt) -> None:
@@ -208,7 +209,7 @@ class TrackedStream:
             self._attempt.end("OK")
             raise
         except grpc.RpcError as exc:
-            self._attempt.end(code_of(exc), *metadata_of(exc))
+            self._attempt.end(code_of(exc), *metadata_of(exc), details_of(exc))
             raise
 
     def cancel(self) -> bool:

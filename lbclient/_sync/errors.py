@@ -109,6 +109,15 @@ def code_of(call: Any) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
+def details_of(call: Any) -> str | None:
+    """A finished grpc call's or RpcError's status details (None when it has none)."""
+    try:
+        details = call.details()
+    except Exception:
+        return None
+    return details if isinstance(details, str) else None
+
+
 def metadata_of(call: Any) -> tuple[Any, Any]:
     """``(trailing, initial)`` metadata of a finished grpc call or RpcError, () where
     there is none. Never waits: a call that failed before its initial metadata arrived

@@ -202,14 +202,13 @@ class Fitness:
             self.schedule_sweep(max(det.config.interval, _MIN_SWEEP))
         self._after_change()
 
-    def _on_trip(self, address: str) -> None:
-        """Consecutive failures reached the limit (a caller's thread)."""
+    def _on_trip(self, address: str, reason: str) -> None:
+        """A consecutive-failure limit was reached (a caller's thread)."""
         with self._lock:
             det = self.outliers
             if det is None or self._closed():
                 return
-            limit = det.config.consecutive_failures
-            ejection = det.eject(address, f"{limit} consecutive failures")
+            ejection = det.eject(address, reason)
             if ejection is None:
                 return
             self._apply_ejection_locked(ejection)

@@ -63,6 +63,9 @@ class CallOutcome(NamedTuple):
     latency: float
     trailing_metadata: Metadata = ()
     initial_metadata: Metadata = ()
+    # A failure the server did not choose: the connection failed or was reset, or the
+    # call timed out (``lbclient.health.origin``).
+    local_origin: bool = False
 
     @property
     def ok(self) -> bool:
@@ -95,7 +98,8 @@ class EndpointStats:
 
     __slots__ = ("_lock", "_active", "_picks", "_calls", "_failures", "latency_ewma",
                  "peak_ewma", "_peak_stamp", "decay_time", "clock", "_idle_callback",
-                 "_on_end", "retiring", "window", "shared", "overflows", "__weakref__")
+                 "_on_end", "retiring", "window", "shared", "overflows", "_local_failures",
+                 "__weakref__")
 
     def __init__(self, clock: Callable[[], float], decay_time: float = 10.0) -> None:
         self._lock = threading.Lock()
@@ -116,6 +120,7 @@ class EndpointStats:
         # The channel's in-flight tokens (circuit breakers), when a limit is set.
         self.shared: list[None] | None = None
         self.overflows = itertools.count()   # picks that skipped it: it was full
+        self._local_failures = itertools.count()   # failures of local origin
 
     @property
     def in_flight(self) -> int:
@@ -132,6 +137,15 @@ class EndpointStats:
     @property
     def failures(self) -> int:
         return _count_of(self._failures)
+
+    @property
+    def local_failures(self) -> int:
+        """Failed calls whose status the server did not choose (connection failures,
+        resets, timeouts), whether or not they count as endpoint failures."""
+        return _count_of(self._local_failures)
+
+    def local_failure(self) -> None:
+        next(self._local_failures)
 
     def begin(self) -> None:
         self._active.append(None)

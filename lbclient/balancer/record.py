@@ -61,6 +61,7 @@ class EndpointInfo:
     panic: bool = False
     unfit_reason: str = field(default="", compare=False)
     overflows: int = 0     # picks that skipped it: maxConcurrentRequests in flight
+    local_failures: int = 0    # failed calls of local origin (connect, reset, timeout)
 
 
 class EndpointRecord:
@@ -150,4 +151,5 @@ class EndpointRecord:
             recent_calls=calls, recent_failures=failures, window=self.window.span,
             effective_weight=self.effective_weight if self.picked else 0.0,
             slow_start=progress, panic=panic, unfit_reason=self.unfit_reason(),
-            overflows=int(repr(self.stats.overflows)[6:-1]))
+            overflows=int(repr(self.stats.overflows)[6:-1]),
+            local_failures=self.stats.local_failures)

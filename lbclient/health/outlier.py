@@ -57,6 +57,11 @@ class OutlierConfig:
     ``consecutive_failures`` (lbclient, like Envoy's consecutive 5xx): eject as soon as that
     many calls in a row failed, without waiting for the interval; None disables it.
     ``failure_codes``: the status codes that count as failures.
+    ``split_local`` (Envoy's ``split_external_local_origin_errors``): local-origin
+    failures (connection failures, resets, timeouts; see ``lbclient.health.origin``) are
+    kept apart: they count only toward ``consecutive_local_failures`` (eject after that
+    many in a row), while the other algorithms and ``consecutive_failures`` see only the
+    statuses servers chose.
     """
 
     interval: float = 10.0
@@ -67,12 +72,15 @@ class OutlierConfig:
     failure_percentage: FailurePercentageEjection | None = None
     consecutive_failures: int | None = None
     failure_codes: frozenset[str] = field(default=SERVER_FAILURE_CODES)
+    split_local: bool = False
+    consecutive_local_failures: int | None = None
 
     @property
     def counting(self) -> bool:
         """False for A50's "no-op" config: nothing to count, no timer, nobody ejected."""
         return (self.success_rate is not None or self.failure_percentage is not None
-                or self.consecutive_failures is not None)
+                or self.consecutive_failures is not None
+                or (self.split_local and self.consecutive_local_failures is not None))
 
     def ejection_duration(self, multiplier: int) -> float:
         """A50: ``min(base * multiplier, max(base, max_ejection_time))``."""
@@ -110,12 +118,14 @@ class AddressState:
     """One address's map entry (A50): two call buckets, the ejection timestamp and the
     ejection time multiplier; plus the consecutive-failure run and why it was ejected."""
 
-    __slots__ = ("active", "inactive", "consecutive", "ejected_at", "multiplier", "reason")
+    __slots__ = ("active", "inactive", "consecutive", "consecutive_local", "ejected_at",
+                 "multiplier", "reason")
 
     def __init__(self) -> None:
         self.active = Bucket()
         self.inactive = Bucket()
         self.consecutive = 0
+        self.consecutive_local = 0           # local-origin failures in a row (split mode)
         self.ejected_at: float | None = None
         self.multiplier = 0
         self.reason = ""
@@ -126,7 +136,7 @@ class AddressState:
 
     def clear(self) -> None:
         self.active, self.inactive = Bucket(), Bucket()
-        self.consecutive = 0
+        self.consecutive = self.consecutive_local = 0
 
 
 @dataclass(frozen=True)
@@ -163,7 +173,7 @@ class OutlierHost(Protocol):
 
 
 def _record_outcome(detector: OutlierDetector, address: str, outcome: Any) -> None:
-    detector.record(address, outcome.code)
+    detector.record(address, outcome.code, outcome.local_origin)
 
 
 class OutlierDetector:
@@ -175,7 +185,8 @@ class OutlierDetector:
         self._lock = threading.Lock()
         self._states: dict[str, AddressState] = {}
         self._timer_start: float | None = None
-        self.on_trip: Callable[[str], None] | None = None   # consecutive-failure trigger
+        # consecutive-failure trigger: on_trip(address, reason)
+        self.on_trip: Callable[[str, str], None] | None = None
 
     @property
     def config(self) -> OutlierConfig:
@@ -215,11 +226,15 @@ class OutlierDetector:
             return list(self._states)
 
     # ----------------------------------------------------------------- counting
-    def record(self, address: str, code: str) -> None:
-        """Count one finished call (any thread; a success takes no lock). Calls
-        ``on_trip(address)`` when the consecutive-failure limit is reached on a
+    def record(self, address: str, code: str, local: bool = False) -> None:
+        """Count one finished call (any thread; a success takes no lock). ``local``: a
+        local-origin failure (see :class:`OutlierConfig` ``split_local``). Calls
+        ``on_trip(address, reason)`` when a consecutive-failure limit is reached on a
         non-ejected address."""
         cfg = self._config
+        if local and cfg.split_local:
+            self._record_local(address, cfg)
+            return
         verdict = classify(code, cfg.failure_codes)
         if verdict is None:
             return
@@ -228,6 +243,8 @@ class OutlierDetector:
             if st is not None:
                 st.active.success()
                 st.consecutive = 0
+                if cfg.split_local:
+                    st.consecutive_local = 0     # the server answered: the host is alive
             return
         trip = False
         with self._lock:
@@ -236,10 +253,24 @@ class OutlierDetector:
                 return
             st.active.failures += 1
             st.consecutive += 1
+            if cfg.split_local:
+                st.consecutive_local = 0
             limit = cfg.consecutive_failures
             trip = limit is not None and st.consecutive >= limit and not st.ejected
         if trip and self.on_trip is not None:
-            self.on_trip(address)
+            self.on_trip(address, f"{limit} consecutive failures")
+
+    def _record_local(self, address: str, cfg: OutlierConfig) -> None:
+        limit = cfg.consecutive_local_failures
+        with self._lock:
+            st = self._states.get(address)
+            if st is None:
+                return
+            st.consecutive_local += 1
+            trip = limit is not None and st.consecutive_local >= limit and not st.ejected
+        if trip and self.on_trip is not None:
+            self.on_trip(address, f"{limit} consecutive local-origin failures "
+                                  "(connection failures, resets, timeouts)")
 
     def recorder(self, address: str) -> Callable[[Any], None]:
         """A pick's ``on_done`` that counts the outcome for ``address``."""
@@ -261,7 +292,7 @@ class OutlierDetector:
         st.ejected_at = now
         st.multiplier += 1
         st.reason = reason
-        st.consecutive = 0
+        st.consecutive = st.consecutive_local = 0
         return Ejection(address, reason, now + self._config.ejection_duration(st.multiplier))
 
     def eject(self, address: str, reason: str) -> Ejection | None:
@@ -278,7 +309,7 @@ class OutlierDetector:
             if st is None or not st.ejected:
                 return False
             st.ejected_at, st.reason = None, ""
-            st.consecutive = 0
+            st.consecutive = st.consecutive_local = 0
             return True
 
     def is_ejected(self, address: str) -> bool:

@@ -13,6 +13,8 @@ Config (durations as ``"10s"``; A50 defaults)::
                                       "minimumHosts": 5, "requestVolume": 50},
         "consecutiveFailures": 5,                      # lbclient: eject after 5 in a row
         "failureStatusCodes": ["UNAVAILABLE", ...],    # lbclient: what counts as failure
+        "splitExternalLocalOriginErrors": false,       # Envoy: local-origin kept apart
+        "consecutiveLocalOriginFailure": 5,            # Envoy: ...and ejected after 5
         "childPolicy": [{"round_robin": {}}]}}
 
 An algorithm runs only when its object is present (``{}`` takes its defaults); without any
@@ -27,7 +29,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .._validate import expect_object, get_duration, get_int, get_object, join, reject_unknown
+from .._validate import (
+    expect_object,
+    get_bool,
+    get_duration,
+    get_int,
+    get_object,
+    join,
+    reject_unknown,
+)
 from ..balancer.picker import CallOutcome, Candidate, Picker, PickInfo, PickResult
 from ..balancer.policy import (
     LbChoice,
@@ -55,7 +65,8 @@ ALIAS = "outlier_detection_experimental"
 _UINT32 = 2**32 - 1
 _FIELDS = {"interval", "baseEjectionTime", "maxEjectionTime", "maxEjectionPercent",
            "successRateEjection", "failurePercentageEjection", "childPolicy",
-           "consecutiveFailures", "failureStatusCodes"}
+           "consecutiveFailures", "failureStatusCodes", "splitExternalLocalOriginErrors",
+           "consecutiveLocalOriginFailure"}
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,12 @@ def parse_config(raw: Any, path: str) -> Config:
     if consecutive is not None:
         consecutive = get_int(obj, "consecutiveFailures", path, 0, minimum=1,
                               maximum=_UINT32)
+    split = get_bool(obj, "splitExternalLocalOriginErrors", path, False)
+    local_limit = get_int(obj, "consecutiveLocalOriginFailure", path, 5, minimum=1,
+                          maximum=_UINT32)
+    if obj.get("consecutiveLocalOriginFailure") is not None and not split:
+        raise ServiceConfigError(join(path, "consecutiveLocalOriginFailure"),
+                                 "needs splitExternalLocalOriginErrors: true")
     codes = SERVER_FAILURE_CODES
     if obj.get("failureStatusCodes") is not None:
         codes = parse_status_codes(obj["failureStatusCodes"], join(path, "failureStatusCodes"))
@@ -125,7 +142,8 @@ def parse_config(raw: Any, path: str) -> Config:
         if sre is not None else None,
         failure_percentage=_failure_percentage(fpe, join(path, "failurePercentageEjection"))
         if fpe is not None else None,
-        consecutive_failures=consecutive, failure_codes=codes)
+        consecutive_failures=consecutive, failure_codes=codes, split_local=split,
+        consecutive_local_failures=local_limit if split else None)
     return Config(outlier, child)
 
 
@@ -155,7 +173,7 @@ class CountingPicker:
         detector = self._detector
 
         def on_done(outcome: CallOutcome) -> None:
-            detector.record(address, outcome.code)
+            detector.record(address, outcome.code, outcome.local_origin)
             if inner is not None:
                 inner(outcome)
 
