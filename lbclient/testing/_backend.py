@@ -84,6 +84,7 @@ class Backend:
         self._health_enabled = health
         self._max_workers = max_workers
         self._lock = threading.Condition()
+        self._health_set_lock = threading.Lock()   # orders set_health calls (see there)
         self._rng = random.Random(seed)
         self._port: int | None = None
         self._server: grpc.Server | None = None
@@ -258,10 +259,15 @@ class Backend:
         restarts. ``True``/``False`` mean SERVING/NOT_SERVING."""
         if isinstance(status, bool):
             status = SERVING if status else NOT_SERVING
-        with self._lock:
-            self._health_status[service] = int(status)
-            if self._health_servicer is not None:
-                self._health_servicer.set(service, int(status))
+        # Never call into grpc's health servicer holding self._lock: a server thread
+        # may hold grpc's own locks while the counting interceptor waits for self._lock.
+        # _health_set_lock keeps concurrent set_health calls in order.
+        with self._health_set_lock:
+            with self._lock:
+                self._health_status[service] = int(status)
+                servicer = self._health_servicer
+            if servicer is not None:
+                servicer.set(service, int(status))
 
     def health_status(self, service: str = "") -> int:
         """The status last set for ``service`` (SERVICE_UNKNOWN if never set)."""
