@@ -14,12 +14,15 @@ or the caller gave none; fixed once, and shared by every attempt.
 
 from __future__ import annotations
 
+import time
+import weakref
 from typing import Any
 
 import grpc.aio
 
 from .._core.deadline import deadline_from, remaining
 from .._core.kinds import CallSite, Invocation
+from .._core.observe import call_end
 from .._core.picking import CLOSED, fail_now
 from ..balancer.picker import PickError
 from ..method_config import MethodConfig
@@ -28,6 +31,7 @@ from .errors import aio_error
 from .future import DEFERRED
 from .picking import AioPlacement
 from .retry import retried_call
+from .status import Status, when_done
 
 
 class _MultiCallable:
@@ -40,6 +44,17 @@ class _MultiCallable:
     def __call__(self, request: Any = None, *, timeout: float | None = None,
                  metadata: Any = None, credentials: Any = None,
                  wait_for_ready: bool | None = None, compression: Any = None) -> Any:
+        if self._host.ctx.observer is None:
+            return self._call(request, timeout, metadata, credentials, wait_for_ready,
+                              compression)
+        t0 = time.perf_counter()
+        call = self._call(request, timeout, metadata, credentials, wait_for_ready,
+                          compression)
+        observe(self._host, self._site, call, t0)
+        return call
+
+    def _call(self, request: Any, timeout: float | None, metadata: Any, credentials: Any,
+              wait_for_ready: bool | None, compression: Any) -> Any:
         host, site = self._host, self._site
         ctx = host.ctx
         config: MethodConfig | None = (site.config if site.generation == ctx.generation
@@ -98,6 +113,23 @@ class _MultiCallable:
         if failed is not None:
             return cls(self._host, inv, aio_error(*failed))
         return cls(self._host, inv, error)
+
+
+def observe(host: AioPlacement, site: CallSite, call: Any, t0: float) -> None:
+    """Report ``call``'s end to the channel's call observer (metrics). Holds the call
+    weakly: an abandoned call is still collected (and cancelled)."""
+    observer = host.ctx.observer
+    if observer is None:
+        return
+    config = site.config
+    hedging = config is not None and config.hedging_policy is not None
+    ref = weakref.ref(call)
+
+    def ended(status: Status) -> None:
+        observer.call_ended(call_end(site.method, status.code, time.perf_counter() - t0,
+                                     ref(), hedging))
+
+    when_done(call, ended)
 
 
 class UnaryUnary(_MultiCallable, grpc.aio.UnaryUnaryMultiCallable[Any, Any]):

@@ -30,9 +30,13 @@ clock = time.perf_counter
 
 def end_attempt(ctx: CallContext, result: PickResult, latency: float, code: str,
                 trailing: Sequence[Any] = (), initial: Sequence[Any] = (),
-                details: str | None = None) -> None:
+                details: str | None = None, method: str | None = None) -> None:
     """Account for an attempt that ended with ``code`` after ``latency`` seconds
-    (``details``: the status details of a failure, to tell its origin)."""
+    (``details``: the status details of a failure, to tell its origin; ``method``: the
+    attempt was reported started to the call observer, so report its end too)."""
+    observer = ctx.observer
+    if observer is not None and method is not None:
+        observer.attempt_ended(method, code, latency)
     candidate = result.candidate
     stats = candidate.stats
     local = False
@@ -66,15 +70,21 @@ def end_attempt(ctx: CallContext, result: PickResult, latency: float, code: str,
 
 class Attempt:
     """A placed attempt whose end is reported later (futures, streams, retries): begun
-    on creation; :meth:`end` accounts for it once and ignores later calls."""
+    on creation; :meth:`end` accounts for it once and ignores later calls. The call
+    observer hears of it unless it was :attr:`retired` already (it never starts)."""
 
-    __slots__ = ("ctx", "result", "t0", "_open", "__weakref__")
+    __slots__ = ("ctx", "result", "t0", "method", "_open", "__weakref__")
 
-    def __init__(self, ctx: CallContext, result: PickResult) -> None:
+    def __init__(self, ctx: CallContext, result: PickResult, method: str = "") -> None:
         self.ctx = ctx
         self.result = result
+        stats = result.candidate.stats
         if not result.counted:
-            result.candidate.stats.begin()
+            stats.begin()
+        self.method: str | None = None
+        if ctx.observer is not None and not stats.retiring:
+            self.method = method
+            ctx.observer.attempt_started(method)
         self._open = [True]          # popped by the one end() that counts
         self.t0 = clock()
 
@@ -111,5 +121,5 @@ class Attempt:
         except IndexError:
             return False
         end_attempt(self.ctx, self.result, clock() - self.t0, code, trailing, initial,
-                    details)
+                    details, self.method)
         return True

@@ -31,6 +31,7 @@ from ..method_config import MethodConfigTable
 from ..resolver import ResolverState, Target, parse_target, validate_target
 from .context import CallContext
 from .kinds import CallKind
+from .observe import CallObserver, Observers
 from .throttle import RetryThrottle
 
 ServiceConfigInput = str | bytes | Mapping[str, Any] | None
@@ -257,6 +258,22 @@ class ChannelBase:
                 fn(address, outcome)
             except Exception:
                 self._log.exception("call listener failed")
+
+    # ------------------------------------------------------------ call observers
+    def add_call_observer(self, observer: CallObserver) -> None:
+        """Report every attempt's start and end and every whole call's end to
+        ``observer`` (see :mod:`lbclient._core.observe`; the gRFC A66/A96 metrics of
+        ``lbclient.metrics.opentelemetry`` use it). Calls started before keep going
+        unobserved."""
+        with self._listeners_lock:
+            current = self._ctx.observer.members if self._ctx.observer else ()
+            self._ctx.observer = Observers((*current, observer))
+
+    def remove_call_observer(self, observer: CallObserver) -> None:
+        with self._listeners_lock:
+            current = self._ctx.observer.members if self._ctx.observer else ()
+            rest = tuple(m for m in current if m is not observer)
+            self._ctx.observer = Observers(rest) if rest else None
 
     # ------------------------------------------------------------ resolver listeners
     def add_resolver_listener(self, fn: ResolverListener) -> None:

@@ -17,6 +17,7 @@ from ..balancer.picker import CallOutcome
 from ..health.codes import SERVER_FAILURE_CODES
 from ..method_config import MethodConfig, MethodConfigTable
 from .kinds import CallKind, CallSite, SiteTable
+from .observe import Observers
 from .replay import ReplayBudget
 from .throttle import RetryThrottle
 
@@ -25,7 +26,7 @@ CallListener = Callable[[str, CallOutcome], None]
 
 class CallContext:
     __slots__ = ("balancer", "closed", "generation", "methods", "failure_codes",
-                 "call_listener", "throttle", "replay_budget", "rng", "sites")
+                 "call_listener", "observer", "throttle", "replay_budget", "rng", "sites")
 
     def __init__(self, balancer: Balancer) -> None:
         self.balancer = balancer
@@ -36,6 +37,8 @@ class CallContext:
         self.failure_codes: frozenset[str] = SERVER_FAILURE_CODES
         # fn(address, outcome) after every attempt, or None (then nothing is built for it).
         self.call_listener: CallListener | None = None
+        # Per-call telemetry (lbclient._core.observe), or None (then nothing is measured).
+        self.observer: Observers | None = None
         self.throttle: RetryThrottle | None = None      # gRFC A6 retryThrottling
         self.replay_budget = ReplayBudget()             # every call's replay buffers
         self.rng = random.Random()                       # retry backoff jitter

@@ -45,12 +45,15 @@ def blocking(host: Placement, site: CallSite, request: Any, metadata: Any, crede
              wait_for_ready: bool | None, compression: Any, with_call: bool, *,
              timeout: float | None = None, deadline: float | None = None,
              cap: float | None = None, exclude: frozenset[str] = frozenset(),
-             placed: Callable[[str], None] | None = None) -> tuple[Any, Any]:
+             placed: Callable[[str], None] | None = None,
+             repicks: list[str] | None = None) -> tuple[Any, Any]:
     """One blocking attempt: ``(response, grpc.Call or None)``, or grpc's RpcError.
 
     ``timeout`` is the caller's (a call without a deadline of its own yet); ``deadline``
     a monotonic deadline shared with other attempts; ``cap`` shortens this attempt's
-    timeout (``perAttemptRecvTimeout``); ``placed(address)`` is told where it went."""
+    timeout (``perAttemptRecvTimeout``); ``placed(address)`` is told where it went;
+    ``repicks`` gets the address of every endpoint picked but removed before the
+    attempt could start (it picks again: a transparent retry)."""
     ctx = host.ctx
     info = pick_info(site, metadata, exclude)
     for repick in range(REPICKS):
@@ -66,7 +69,14 @@ def blocking(host: Placement, site: CallSite, request: Any, metadata: Any, crede
             stats.begin()
         if stats.retiring and repick < REPICKS - 1:
             end_attempt(ctx, result, 0.0, "CANCELLED")   # removed meanwhile: pick again
+            if repicks is not None:
+                repicks.append(candidate.address)
             continue
+        observer = ctx.observer
+        method = None
+        if observer is not None:
+            method = site.method
+            observer.attempt_started(method)
         if placed is not None:
             placed(candidate.address)
         t = timeout if deadline is None else deadline - time.monotonic()
@@ -87,24 +97,26 @@ def blocking(host: Placement, site: CallSite, request: Any, metadata: Any, crede
                 call = None
         except grpc.RpcError as exc:
             end_attempt(ctx, result, _clock() - t0, code_of(exc), *metadata_of(exc),
-                        details_of(exc))
+                        details_of(exc), method)
             raise
         except ValueError:        # grpc: the endpoint's channel was closed meanwhile
-            end_attempt(ctx, result, _clock() - t0, "CANCELLED")
+            end_attempt(ctx, result, _clock() - t0, "CANCELLED", method=method)
             if repick == REPICKS - 1 or not handle.closed:
                 raise
+            if repicks is not None:
+                repicks.append(candidate.address)
             continue
         except BaseException:
-            end_attempt(ctx, result, _clock() - t0, "CANCELLED")
+            end_attempt(ctx, result, _clock() - t0, "CANCELLED", method=method)
             raise
         latency = _clock() - t0
         if result.on_done is None and ctx.call_listener is None and \
-                not stats.has_end_listeners:
+                not stats.has_end_listeners and observer is None:
             stats.record(latency, False)
         elif call is not None and result.wants_metadata:
-            end_attempt(ctx, result, latency, "OK", *metadata_of(call))
+            end_attempt(ctx, result, latency, "OK", *metadata_of(call), method=method)
         else:
-            end_attempt(ctx, result, latency, "OK")
+            end_attempt(ctx, result, latency, "OK", method=method)
         return response, call
     raise AssertionError("unreachable")
 
@@ -115,7 +127,7 @@ def start(host: Placement, site: CallSite, result: PickResult, how: str, request
     """Start a future (``how`` "future") or a response stream ("stream") on the picked
     endpoint; None when the endpoint was removed meanwhile (pick again). Raises what
     grpc raises when it cannot start the call."""
-    attempt = Attempt(host.ctx, result)
+    attempt = Attempt(host.ctx, result, site.method)
     if attempt.retired:
         attempt.end("CANCELLED")
         return None

@@ -14,15 +14,19 @@ is the whole call, so callers and interceptors see what a plain grpc channel giv
 
 from __future__ import annotations
 
+import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from .._core.deadline import deadline_from, remaining
 from .._core.kinds import CallKind, CallSite, Invocation
+from .._core.observe import call_end
 from ..balancer.picker import PickError
 from ..method_config import MethodConfig
 from . import attempt, retry
+from .errors import code_of
 from .future import RetryingFuture
 from .picking import Placement
 from .stream import ResponseStream
@@ -86,6 +90,38 @@ class _MultiCallable:
         return _queued(host, inv, how)
 
 
+def call_ended(host: Placement, site: CallSite, call: Any, t0: float,
+               code: str | None = None, transparent: int = 0) -> None:
+    """Tell the call observer how a whole call ended (``call``: its grpc call, future or
+    error; lbclient's retried ones say how many attempts they made)."""
+    observer = host.ctx.observer
+    if observer is None:
+        return
+    config = site.config
+    hedging = config is not None and config.hedging_policy is not None
+    end = call_end(site.method, code or code_of(call), time.perf_counter() - t0, call,
+                   hedging)
+    if transparent:
+        end = end._replace(transparent_retries=end.transparent_retries + transparent)
+    observer.call_ended(end)
+
+
+def observe_stream(host: Placement, site: CallSite, stream: Any, t0: float) -> None:
+    """Report a response stream's end to the call observer (when the stream offers a
+    completion callback; an interceptor's plain generator does not)."""
+    add_callback = getattr(stream, "add_callback", None)
+    if add_callback is None:
+        return
+    ref = weakref.ref(stream)      # an abandoned stream must stay collectable
+
+    def ended() -> None:
+        live = ref()
+        call_ended(host, site, live, t0, None if live is not None else "CANCELLED")
+
+    if not add_callback(ended):
+        ended()
+
+
 def _queued(host: Placement, inv: Invocation, how: str) -> Any:
     if how == "future":
         return RetryingFuture(host, inv).start()
@@ -101,6 +137,9 @@ class _UnaryResponse(_MultiCallable):
                  credentials: Any = None, wait_for_ready: bool | None = None,
                  compression: Any = None) -> Any:
         config = self._config()
+        if self._host.ctx.observer is not None:
+            return self._observed(config, request, timeout, metadata, credentials,
+                                  wait_for_ready, compression)[0]
         if config is None:
             return attempt.blocking(self._host, self._site, request, metadata, credentials,
                                     wait_for_ready, compression, False, timeout=timeout)[0]
@@ -111,11 +150,34 @@ class _UnaryResponse(_MultiCallable):
                   credentials: Any = None, wait_for_ready: bool | None = None,
                   compression: Any = None) -> tuple[Any, Any]:
         config = self._config()
+        if self._host.ctx.observer is not None:
+            return self._observed(config, request, timeout, metadata, credentials,
+                                  wait_for_ready, compression)
         if config is None:
             return attempt.blocking(self._host, self._site, request, metadata, credentials,
                                     wait_for_ready, compression, True, timeout=timeout)
         return self._blocking(config, request, timeout, metadata, credentials,
                               wait_for_ready, compression, True)
+
+    def _observed(self, config: MethodConfig | None, request: Any, timeout: float | None,
+                  metadata: Any, credentials: Any, wait_for_ready: bool | None,
+                  compression: Any) -> tuple[Any, Any]:
+        """A blocking call reported to the channel's call observer (metrics)."""
+        t0 = time.perf_counter()
+        repicks: list[str] = []
+        try:
+            if config is None:
+                out = attempt.blocking(self._host, self._site, request, metadata,
+                                       credentials, wait_for_ready, compression, True,
+                                       timeout=timeout, repicks=repicks)
+            else:
+                out = self._blocking(config, request, timeout, metadata, credentials,
+                                     wait_for_ready, compression, True)
+        except grpc.RpcError as exc:
+            call_ended(self._host, self._site, exc, t0, transparent=len(repicks))
+            raise
+        call_ended(self._host, self._site, out[1], t0, "OK", len(repicks))
+        return out
 
     def _blocking(self, config: MethodConfig, request: Any, timeout: float | None,
                   metadata: Any, credentials: Any, wait_for_ready: bool | None,
@@ -133,14 +195,20 @@ class _UnaryResponse(_MultiCallable):
                credentials: Any = None, wait_for_ready: bool | None = None,
                compression: Any = None) -> Any:
         config = self._config()
+        t0 = time.perf_counter()
         if config is None:
-            return self._start(request, timeout, metadata, credentials, wait_for_ready,
-                               compression, "future")
-        inv = self._invocation(config, request, timeout, metadata, credentials,
-                               wait_for_ready, compression)
-        if config.retry_policy is None and config.hedging_policy is None:
-            return self._single(inv, "future")
-        return retry.future(self._host, inv, config)
+            future = self._start(request, timeout, metadata, credentials, wait_for_ready,
+                                 compression, "future")
+        else:
+            inv = self._invocation(config, request, timeout, metadata, credentials,
+                                   wait_for_ready, compression)
+            if config.retry_policy is None and config.hedging_policy is None:
+                future = self._single(inv, "future")
+            else:
+                future = retry.future(self._host, inv, config)
+        if self._host.ctx.observer is not None:
+            future.add_done_callback(lambda f: call_ended(self._host, self._site, f, t0))
+        return future
 
 
 class _StreamResponse(_MultiCallable):
@@ -153,14 +221,20 @@ class _StreamResponse(_MultiCallable):
                  credentials: Any = None, wait_for_ready: bool | None = None,
                  compression: Any = None) -> Any:
         config = self._config()
+        t0 = time.perf_counter()
         if config is None:
-            return self._start(request, timeout, metadata, credentials, wait_for_ready,
-                               compression, "stream")
-        inv = self._invocation(config, request, timeout, metadata, credentials,
-                               wait_for_ready, compression)
-        if config.retry_policy is not None:
-            return retry.stream(self._host, inv, config)
-        return self._single(inv, "stream")
+            stream = self._start(request, timeout, metadata, credentials, wait_for_ready,
+                                 compression, "stream")
+        else:
+            inv = self._invocation(config, request, timeout, metadata, credentials,
+                                   wait_for_ready, compression)
+            if config.retry_policy is not None:
+                stream = retry.stream(self._host, inv, config)
+            else:
+                stream = self._single(inv, "stream")
+        if self._host.ctx.observer is not None:
+            observe_stream(self._host, self._site, stream, t0)
+        return stream
 
 
 # grpc's ABCs are generic in their type stubs only (not subscriptable at run time).

@@ -34,6 +34,7 @@ from ..health.events import EndpointEvent, EventBus, EventKind
 from ..health.options import DEFAULT_OPTIONS, BalancingOptions
 from ..health.outlier import HOST_OPTION, OutlierConfig, OutlierDetector
 from .breaker import BreakerPicker, BreakerState
+from .connections import ConnectionTally, locality_of
 from .fitness import Fitness, HealthChecker, HealthCheckerFactory
 from .picker import Candidate, EndpointStats, FailingPicker, Picker
 from .policy import Policy, PolicyContext, PolicySpec
@@ -116,6 +117,7 @@ class Balancer:
         self._ramp_timer: Any = None
         self._panic = False
         self.breaker = BreakerState()          # circuit breaker counters (see breaker.py)
+        self.connections = ConnectionTally()   # connection attempts (see connections.py)
         # Health checking and outlier ejection: composed, sharing the lock and records.
         self._fitness = Fitness(
             lock=self._lock, records=lambda: self._records, closed=lambda: self._closed,
@@ -221,6 +223,8 @@ class Balancer:
                 rec = self._records.pop(address)
                 stop += self._fitness.stop_checker_locked(rec)
                 to_close.append(rec)
+                self.connections.closed(locality_of(rec.endpoint.attributes),
+                                        rec.connectivity)
                 self._post("removed", rec, f"{rec.stats.in_flight} calls in flight")
         created: list[EndpointRecord] = []
         for address, endpoint in wanted.items():
@@ -272,6 +276,7 @@ class Balancer:
             if rec.connectivity is state:
                 return
             previous, rec.connectivity = rec.connectivity, state
+            self.connections.changed(locality_of(rec.endpoint.attributes), previous, state)
             if state is Connectivity.TRANSIENT_FAILURE:
                 rec.failed_since_ready = True
             if state is Connectivity.READY:

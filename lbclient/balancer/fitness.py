@@ -20,6 +20,7 @@ detaching. The rules:
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import threading
@@ -80,6 +81,9 @@ class Fitness:
         self._health_factory = health_factory
         self.health_config: Any = None              # a HealthCheckConfig, or None
         self.outliers: OutlierDetector | None = None
+        # Every outlier the detectors found, (method, unenforced reason or "") -> count,
+        # kept across detectors (gRFC A91's counters read it).
+        self.outlier_decisions: collections.Counter[tuple[str, str]] = collections.Counter()
         self._outlier_refs = 0
         self._sweep_timer: Any = None
         self._unimplemented_said = False
@@ -150,6 +154,7 @@ class Fitness:
             det = self.outliers
             if det is None:
                 det = OutlierDetector(config, self._clock, self._rng)
+                det.decisions = self.outlier_decisions
                 det.set_addresses(self._records())
                 det.on_trip = self._on_trip
                 self.outliers = det

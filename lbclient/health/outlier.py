@@ -14,6 +14,7 @@ lock.
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import math
@@ -119,7 +120,7 @@ class AddressState:
     ejection time multiplier; plus the consecutive-failure run and why it was ejected."""
 
     __slots__ = ("active", "inactive", "consecutive", "consecutive_local", "ejected_at",
-                 "multiplier", "reason")
+                 "multiplier", "reason", "tripped")
 
     def __init__(self) -> None:
         self.active = Bucket()
@@ -129,6 +130,7 @@ class AddressState:
         self.ejected_at: float | None = None
         self.multiplier = 0
         self.reason = ""
+        self.tripped = CONSECUTIVE     # the detection method of the last trip
 
     @property
     def ejected(self) -> bool:
@@ -176,6 +178,16 @@ def _record_outcome(detector: OutlierDetector, address: str, outcome: Any) -> No
     detector.record(address, outcome.code, outcome.local_origin)
 
 
+# Detection methods (gRFC A91's grpc.lb.outlier_detection.detection_method, plus the
+# consecutive-failure ones A50 lacks) and the reasons a detected outlier stays in.
+SUCCESS_RATE = "success_rate"
+FAILURE_PERCENTAGE = "failure_percentage"
+CONSECUTIVE = "consecutive_failures"
+CONSECUTIVE_LOCAL = "consecutive_local_origin_failures"
+ENFORCEMENT_PERCENTAGE = "enforcement_percentage"
+MAX_EJECTION_OVERFLOW = "max_ejection_overflow"
+
+
 class OutlierDetector:
     def __init__(self, config: OutlierConfig, clock: Callable[[], float],
                  rng: random.Random | None = None) -> None:
@@ -187,6 +199,10 @@ class OutlierDetector:
         self._timer_start: float | None = None
         # consecutive-failure trigger: on_trip(address, reason)
         self.on_trip: Callable[[str, str], None] | None = None
+        # Every detected outlier, counted under the lock: (detection method, "" when it
+        # was ejected or the reason it was not) -> count. The owner may share one
+        # Counter across detectors, so totals survive a config change (gRFC A91).
+        self.decisions: collections.Counter[tuple[str, str]] = collections.Counter()
 
     @property
     def config(self) -> OutlierConfig:
@@ -257,6 +273,8 @@ class OutlierDetector:
                 st.consecutive_local = 0
             limit = cfg.consecutive_failures
             trip = limit is not None and st.consecutive >= limit and not st.ejected
+            if trip:
+                st.tripped = CONSECUTIVE
         if trip and self.on_trip is not None:
             self.on_trip(address, f"{limit} consecutive failures")
 
@@ -268,6 +286,8 @@ class OutlierDetector:
                 return
             st.consecutive_local += 1
             trip = limit is not None and st.consecutive_local >= limit and not st.ejected
+            if trip:
+                st.tripped = CONSECUTIVE_LOCAL
         if trip and self.on_trip is not None:
             self.on_trip(address, f"{limit} consecutive local-origin failures "
                                   "(connection failures, resets, timeouts)")
@@ -296,12 +316,31 @@ class OutlierDetector:
         return Ejection(address, reason, now + self._config.ejection_duration(st.multiplier))
 
     def eject(self, address: str, reason: str) -> Ejection | None:
-        """Eject now if the limits allow it (used for consecutive failures)."""
+        """Eject now if the limits allow it (used for consecutive failures: counted in
+        :attr:`decisions` under the method of the address's last trip)."""
         with self._lock:
             st = self._states.get(address)
-            if st is None or not self._may_eject(st):
+            if st is None or st.ejected:
                 return None
+            if not self._may_eject(st):
+                self.decisions[st.tripped, MAX_EJECTION_OVERFLOW] += 1
+                return None
+            self.decisions[st.tripped, ""] += 1
             return self._eject(address, st, self._clock(), reason)
+
+    def _decide(self, st: AddressState, method: str, percentage: int) -> bool:
+        """A detected outlier: eject it? (A50's order: the max-ejection limit, then the
+        enforcement percentage's draw), counted in :attr:`decisions`."""
+        if st.ejected:
+            return False
+        if not self._may_eject(st):
+            self.decisions[method, MAX_EJECTION_OVERFLOW] += 1
+            return False
+        if not self._enforced(percentage):
+            self.decisions[method, ENFORCEMENT_PERCENTAGE] += 1
+            return False
+        self.decisions[method, ""] += 1
+        return True
 
     def uneject(self, address: str) -> bool:
         with self._lock:
@@ -380,8 +419,8 @@ class OutlierDetector:
         required = mean - stdev * (sre.stdev_factor / 1000.0)
         out: list[Ejection] = []
         for (address, st), rate in zip(candidates, rates, strict=True):
-            if rate < required and self._may_eject(st) and self._enforced(
-                    sre.enforcement_percentage):
+            if rate < required and self._decide(st, SUCCESS_RATE,
+                                                sre.enforcement_percentage):
                 out.append(self._eject(address, st, now,
                                        f"success rate {rate:.1%} below {required:.1%} "
                                        f"(mean {mean:.1%}, stdev {stdev:.1%})"))
@@ -397,8 +436,8 @@ class OutlierDetector:
             if volume < fpe.request_volume or volume == 0:
                 continue
             pct = 100.0 * st.inactive.failures / volume
-            if pct > fpe.threshold and self._may_eject(st) and self._enforced(
-                    fpe.enforcement_percentage):
+            if pct > fpe.threshold and self._decide(st, FAILURE_PERCENTAGE,
+                                                    fpe.enforcement_percentage):
                 out.append(self._eject(address, st, now,
                                        f"failure percentage {pct:.1f}% above "
                                        f"{fpe.threshold}% ({st.inactive.failures}/{volume})"))

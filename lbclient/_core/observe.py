@@ -1,0 +1,82 @@
+"""Per-call telemetry hooks (what gRFC A66/A96 metrics need), for both flavours.
+
+A channel with no observer attached measures nothing (one attribute check per call).
+With one, drivers report:
+
+* ``attempt_started(method)`` when an attempt is placed on an endpoint;
+* ``attempt_ended(method, code, seconds)`` when it ends (``seconds``: pick to end);
+* ``call_ended(CallEnd)`` when the whole call ends (see :class:`CallEnd`).
+
+Observers must be quick and must not raise; they run on whatever thread ended the
+attempt or call (the event loop for ``lbclient.aio``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NamedTuple, Protocol
+
+log = logging.getLogger("lbclient.metrics")
+
+
+class CallEnd(NamedTuple):
+    """How one whole call ended. ``retries``/``hedges``: the attempts after the first
+    (a retryPolicy's or a hedgingPolicy's); ``transparent_retries``: the attempts
+    lbclient re-made on another endpoint because the picked one was removed before the
+    attempt could start; ``retry_delay``: seconds spent in retry backoffs."""
+
+    method: str
+    code: str
+    seconds: float
+    retries: int = 0
+    hedges: int = 0
+    transparent_retries: int = 0
+    retry_delay: float = 0.0
+
+
+def call_end(method: str, code: str, seconds: float, call: Any, hedging: bool) -> CallEnd:
+    """The :class:`CallEnd` of ``call`` (lbclient's retried calls, futures and errors
+    say how many attempts they made; grpc's own objects made one)."""
+    earlier = int(getattr(call, "previous_rpc_attempts", 0) or 0)
+    return CallEnd(method, code, seconds, 0 if hedging else earlier,
+                   earlier if hedging else 0,
+                   int(getattr(call, "transparent_retries", 0) or 0),
+                   float(getattr(call, "retry_delay", 0.0) or 0.0))
+
+
+class CallObserver(Protocol):
+    def attempt_started(self, method: str) -> None: ...
+
+    def attempt_ended(self, method: str, code: str, seconds: float) -> None: ...
+
+    def call_ended(self, end: CallEnd) -> None: ...
+
+
+class Observers:
+    """Several observers as one (what ``CallContext.observer`` holds)."""
+
+    __slots__ = ("members",)
+
+    def __init__(self, members: tuple[CallObserver, ...]) -> None:
+        self.members = members
+
+    def attempt_started(self, method: str) -> None:
+        for m in self.members:
+            try:
+                m.attempt_started(method)
+            except Exception:
+                log.exception("call observer failed")
+
+    def attempt_ended(self, method: str, code: str, seconds: float) -> None:
+        for m in self.members:
+            try:
+                m.attempt_ended(method, code, seconds)
+            except Exception:
+                log.exception("call observer failed")
+
+    def call_ended(self, end: CallEnd) -> None:
+        for m in self.members:
+            try:
+                m.call_ended(end)
+            except Exception:
+                log.exception("call observer failed")

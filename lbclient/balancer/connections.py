@@ -1,0 +1,77 @@
+"""A channel's connection counts (gRFC A94's subchannel metrics), from the connectivity
+changes the balancer sees (stdlib only).
+
+grpcio does not tell a Python client its transport events, so a connection attempt is
+read from the states lbclient polls: entering READY is a connection that succeeded,
+entering TRANSIENT_FAILURE from anything but READY one that failed, leaving READY a
+disconnection. Why a connection ended is known only when lbclient closed it (the
+endpoint was removed: "subchannel shutdown"); otherwise it is "unknown".
+
+Threading: mutated under the balancer lock; readers copy with :meth:`snapshot`.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from ..connectivity import Connectivity
+
+SHUTDOWN = "subchannel shutdown"
+UNKNOWN = "unknown"
+
+
+def locality_of(attributes: Mapping[str, Any]) -> str:
+    """An endpoint's locality as a label value: its ``locality`` attribute (a string, or
+    ``{"region", "zone"}``), else its ``region``/``zone`` attributes, joined by "/";
+    "" when it has none."""
+    value = attributes.get("locality")
+    if isinstance(value, str):
+        return value
+    source = value if isinstance(value, Mapping) else attributes
+    parts = [source.get("region", ""), source.get("zone", "")]
+    return "/".join(p for p in parts if isinstance(p, str) and p)
+
+
+class ConnectionCounts(NamedTuple):
+    """Totals since the channel started, by locality (``disconnections`` by locality
+    and reason); ``open``: READY connections now."""
+
+    succeeded: dict[str, int]
+    failed: dict[str, int]
+    disconnections: dict[tuple[str, str], int]
+    open: dict[str, int]
+
+
+class ConnectionTally:
+    __slots__ = ("_succeeded", "_failed", "_disconnections", "_open")
+
+    def __init__(self) -> None:
+        self._succeeded: collections.Counter[str] = collections.Counter()
+        self._failed: collections.Counter[str] = collections.Counter()
+        self._disconnections: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._open: collections.Counter[str] = collections.Counter()
+
+    def changed(self, locality: str, previous: Connectivity, state: Connectivity) -> None:
+        """An endpoint's connectivity went from ``previous`` to ``state``."""
+        if state is Connectivity.READY:
+            self._succeeded[locality] += 1
+            self._open[locality] += 1
+        elif previous is Connectivity.READY:
+            self._disconnections[locality, UNKNOWN] += 1
+            self._open[locality] -= 1
+            if state is Connectivity.TRANSIENT_FAILURE:
+                self._failed[locality] += 1      # lost, and the reconnect failed too
+        elif state is Connectivity.TRANSIENT_FAILURE:
+            self._failed[locality] += 1
+
+    def closed(self, locality: str, state: Connectivity) -> None:
+        """lbclient closed an endpoint's connection (removed), which was in ``state``."""
+        if state is Connectivity.READY:
+            self._disconnections[locality, SHUTDOWN] += 1
+            self._open[locality] -= 1
+
+    def snapshot(self) -> ConnectionCounts:
+        return ConnectionCounts(dict(self._succeeded), dict(self._failed),
+                                dict(self._disconnections), dict(self._open))
