@@ -31,7 +31,7 @@ def start(host: AioPlacement, site: CallSite, result: PickResult, request: Any,
     """grpc.aio's call on the picked endpoint, or None when the endpoint was removed
     meanwhile (pick again). ``request`` None on a request-streaming method means the
     caller will ``write()``."""
-    attempt = Attempt(host.ctx, result, site.method)
+    attempt = Attempt(host.ctx, result, site)
     if attempt.retired:
         attempt.end("CANCELLED")
         return None

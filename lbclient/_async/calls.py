@@ -121,13 +121,11 @@ def observe(host: AioPlacement, site: CallSite, call: Any, t0: float) -> None:
     observer = host.ctx.observer
     if observer is None:
         return
-    config = site.config
-    hedging = config is not None and config.hedging_policy is not None
     ref = weakref.ref(call)
 
     def ended(status: Status) -> None:
-        observer.call_ended(call_end(site.method, status.code, time.perf_counter() - t0,
-                                     ref(), hedging))
+        observer.call_ended(call_end(site, status.code, time.perf_counter() - t0,
+                                     ref()))
 
     when_done(call, ended)
 

@@ -18,6 +18,7 @@ from typing import Any
 from ..balancer.picker import CallOutcome, PickResult
 from ..health.origin import local_origin
 from .context import CallContext
+from .kinds import CallSite
 
 log = logging.getLogger("lbclient.channel")
 
@@ -30,13 +31,13 @@ clock = time.perf_counter
 
 def end_attempt(ctx: CallContext, result: PickResult, latency: float, code: str,
                 trailing: Sequence[Any] = (), initial: Sequence[Any] = (),
-                details: str | None = None, method: str | None = None) -> None:
+                details: str | None = None, site: CallSite | None = None) -> None:
     """Account for an attempt that ended with ``code`` after ``latency`` seconds
-    (``details``: the status details of a failure, to tell its origin; ``method``: the
+    (``details``: the status details of a failure, to tell its origin; ``site``: the
     attempt was reported started to the call observer, so report its end too)."""
     observer = ctx.observer
-    if observer is not None and method is not None:
-        observer.attempt_ended(method, code, latency)
+    if observer is not None and site is not None:
+        observer.attempt_ended(site, code, latency)
     candidate = result.candidate
     stats = candidate.stats
     local = False
@@ -73,18 +74,19 @@ class Attempt:
     on creation; :meth:`end` accounts for it once and ignores later calls. The call
     observer hears of it unless it was :attr:`retired` already (it never starts)."""
 
-    __slots__ = ("ctx", "result", "t0", "method", "_open", "__weakref__")
+    __slots__ = ("ctx", "result", "t0", "site", "_open", "__weakref__")
 
-    def __init__(self, ctx: CallContext, result: PickResult, method: str = "") -> None:
+    def __init__(self, ctx: CallContext, result: PickResult,
+                 site: CallSite | None = None) -> None:
         self.ctx = ctx
         self.result = result
         stats = result.candidate.stats
         if not result.counted:
             stats.begin()
-        self.method: str | None = None
-        if ctx.observer is not None and not stats.retiring:
-            self.method = method
-            ctx.observer.attempt_started(method)
+        self.site: CallSite | None = None
+        if ctx.observer is not None and site is not None and not stats.retiring:
+            self.site = site
+            ctx.observer.attempt_started(site)
         self._open = [True]          # popped by the one end() that counts
         self.t0 = clock()
 
@@ -121,5 +123,5 @@ class Attempt:
         except IndexError:
             return False
         end_attempt(self.ctx, self.result, clock() - self.t0, code, trailing, initial,
-                    details, self.method)
+                    details, self.site)
         return True

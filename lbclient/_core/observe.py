@@ -3,8 +3,9 @@
 A channel with no observer attached measures nothing (one attribute check per call).
 With one, drivers report:
 
-* ``attempt_started(method)`` when an attempt is placed on an endpoint;
-* ``attempt_ended(method, code, seconds)`` when it ends (``seconds``: pick to end);
+* ``attempt_started(site)`` when an attempt is placed on an endpoint (``site``: the
+  method's :class:`~lbclient._core.kinds.CallSite`);
+* ``attempt_ended(site, code, seconds)`` when it ends (``seconds``: pick to end);
 * ``call_ended(CallEnd)`` when the whole call ends (see :class:`CallEnd`).
 
 Observers must be quick and must not raise; they run on whatever thread ended the
@@ -16,6 +17,8 @@ from __future__ import annotations
 import logging
 from typing import Any, NamedTuple, Protocol
 
+from .kinds import CallSite
+
 log = logging.getLogger("lbclient.metrics")
 
 
@@ -25,7 +28,7 @@ class CallEnd(NamedTuple):
     lbclient re-made on another endpoint because the picked one was removed before the
     attempt could start; ``retry_delay``: seconds spent in retry backoffs."""
 
-    method: str
+    site: CallSite
     code: str
     seconds: float
     retries: int = 0
@@ -34,20 +37,22 @@ class CallEnd(NamedTuple):
     retry_delay: float = 0.0
 
 
-def call_end(method: str, code: str, seconds: float, call: Any, hedging: bool) -> CallEnd:
+def call_end(site: CallSite, code: str, seconds: float, call: Any) -> CallEnd:
     """The :class:`CallEnd` of ``call`` (lbclient's retried calls, futures and errors
     say how many attempts they made; grpc's own objects made one)."""
     earlier = int(getattr(call, "previous_rpc_attempts", 0) or 0)
-    return CallEnd(method, code, seconds, 0 if hedging else earlier,
+    config = site.config
+    hedging = config is not None and config.hedging_policy is not None
+    return CallEnd(site, code, seconds, 0 if hedging else earlier,
                    earlier if hedging else 0,
                    int(getattr(call, "transparent_retries", 0) or 0),
                    float(getattr(call, "retry_delay", 0.0) or 0.0))
 
 
 class CallObserver(Protocol):
-    def attempt_started(self, method: str) -> None: ...
+    def attempt_started(self, site: CallSite) -> None: ...
 
-    def attempt_ended(self, method: str, code: str, seconds: float) -> None: ...
+    def attempt_ended(self, site: CallSite, code: str, seconds: float) -> None: ...
 
     def call_ended(self, end: CallEnd) -> None: ...
 
@@ -60,17 +65,17 @@ class Observers:
     def __init__(self, members: tuple[CallObserver, ...]) -> None:
         self.members = members
 
-    def attempt_started(self, method: str) -> None:
+    def attempt_started(self, site: CallSite) -> None:
         for m in self.members:
             try:
-                m.attempt_started(method)
+                m.attempt_started(site)
             except Exception:
                 log.exception("call observer failed")
 
-    def attempt_ended(self, method: str, code: str, seconds: float) -> None:
+    def attempt_ended(self, site: CallSite, code: str, seconds: float) -> None:
         for m in self.members:
             try:
-                m.attempt_ended(method, code, seconds)
+                m.attempt_ended(site, code, seconds)
             except Exception:
                 log.exception("call observer failed")
 

@@ -73,10 +73,10 @@ def blocking(host: Placement, site: CallSite, request: Any, metadata: Any, crede
                 repicks.append(candidate.address)
             continue
         observer = ctx.observer
-        method = None
+        observed = None
         if observer is not None:
-            method = site.method
-            observer.attempt_started(method)
+            observed = site
+            observer.attempt_started(site)
         if placed is not None:
             placed(candidate.address)
         t = timeout if deadline is None else deadline - time.monotonic()
@@ -97,26 +97,26 @@ def blocking(host: Placement, site: CallSite, request: Any, metadata: Any, crede
                 call = None
         except grpc.RpcError as exc:
             end_attempt(ctx, result, _clock() - t0, code_of(exc), *metadata_of(exc),
-                        details_of(exc), method)
+                        details_of(exc), observed)
             raise
         except ValueError:        # grpc: the endpoint's channel was closed meanwhile
-            end_attempt(ctx, result, _clock() - t0, "CANCELLED", method=method)
+            end_attempt(ctx, result, _clock() - t0, "CANCELLED", site=observed)
             if repick == REPICKS - 1 or not handle.closed:
                 raise
             if repicks is not None:
                 repicks.append(candidate.address)
             continue
         except BaseException:
-            end_attempt(ctx, result, _clock() - t0, "CANCELLED", method=method)
+            end_attempt(ctx, result, _clock() - t0, "CANCELLED", site=observed)
             raise
         latency = _clock() - t0
         if result.on_done is None and ctx.call_listener is None and \
                 not stats.has_end_listeners and observer is None:
             stats.record(latency, False)
         elif call is not None and result.wants_metadata:
-            end_attempt(ctx, result, latency, "OK", *metadata_of(call), method=method)
+            end_attempt(ctx, result, latency, "OK", *metadata_of(call), site=observed)
         else:
-            end_attempt(ctx, result, latency, "OK", method=method)
+            end_attempt(ctx, result, latency, "OK", site=observed)
         return response, call
     raise AssertionError("unreachable")
 
@@ -127,7 +127,7 @@ def start(host: Placement, site: CallSite, result: PickResult, how: str, request
     """Start a future (``how`` "future") or a response stream ("stream") on the picked
     endpoint; None when the endpoint was removed meanwhile (pick again). Raises what
     grpc raises when it cannot start the call."""
-    attempt = Attempt(host.ctx, result, site.method)
+    attempt = Attempt(host.ctx, result, site)
     if attempt.retired:
         attempt.end("CANCELLED")
         return None

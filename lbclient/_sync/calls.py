@@ -97,10 +97,7 @@ def call_ended(host: Placement, site: CallSite, call: Any, t0: float,
     observer = host.ctx.observer
     if observer is None:
         return
-    config = site.config
-    hedging = config is not None and config.hedging_policy is not None
-    end = call_end(site.method, code or code_of(call), time.perf_counter() - t0, call,
-                   hedging)
+    end = call_end(site, code or code_of(call), time.perf_counter() - t0, call)
     if transparent:
         end = end._replace(transparent_retries=end.transparent_retries + transparent)
     observer.call_ended(end)

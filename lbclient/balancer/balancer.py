@@ -36,6 +36,7 @@ from ..health.outlier import HOST_OPTION, OutlierConfig, OutlierDetector
 from .breaker import BreakerPicker, BreakerState
 from .connections import ConnectionTally, locality_of
 from .fitness import Fitness, HealthChecker, HealthCheckerFactory
+from .lb_metrics import METRICS_OPTION, LbMetrics
 from .picker import Candidate, EndpointStats, FailingPicker, Picker
 from .policy import Policy, PolicyContext, PolicySpec
 from .record import EndpointInfo, EndpointRecord
@@ -118,6 +119,7 @@ class Balancer:
         self._panic = False
         self.breaker = BreakerState()          # circuit breaker counters (see breaker.py)
         self.connections = ConnectionTally()   # connection attempts (see connections.py)
+        self.metrics = LbMetrics()             # what policies record (see lb_metrics.py)
         # Health checking and outlier ejection: composed, sharing the lock and records.
         self._fitness = Fitness(
             lock=self._lock, records=lambda: self._records, closed=lambda: self._closed,
@@ -138,7 +140,8 @@ class Balancer:
                 return
             old = self._policy
             ctx = PolicyContext(clock=self._clock, rng=self._rng, scheduler=self._scheduler,
-                                request_rebuild=self.rebuild, options={HOST_OPTION: self})
+                                request_rebuild=self.rebuild,
+                                options={HOST_OPTION: self, METRICS_OPTION: self.metrics})
             self._policy, self._spec = spec.create(config, ctx), spec
             # the new policy may select other endpoints (subsetting); this also tells it
             # every endpoint (endpoints_changed) and rebuilds the picker
@@ -223,8 +226,7 @@ class Balancer:
                 rec = self._records.pop(address)
                 stop += self._fitness.stop_checker_locked(rec)
                 to_close.append(rec)
-                self.connections.closed(locality_of(rec.endpoint.attributes),
-                                        rec.connectivity)
+                self.connections.closed(address)
                 self._post("removed", rec, f"{rec.stats.in_flight} calls in flight")
         created: list[EndpointRecord] = []
         for address, endpoint in wanted.items():
@@ -276,7 +278,8 @@ class Balancer:
             if rec.connectivity is state:
                 return
             previous, rec.connectivity = rec.connectivity, state
-            self.connections.changed(locality_of(rec.endpoint.attributes), previous, state)
+            self.connections.changed(rec.address, locality_of(rec.endpoint.attributes),
+                                     previous, state)
             if state is Connectivity.TRANSIENT_FAILURE:
                 rec.failed_since_ready = True
             if state is Connectivity.READY:
@@ -507,6 +510,11 @@ class Balancer:
             slow = self._options.slow_start
             return [r.info(now, det.multiplier(r.address) if det is not None else 0,
                            slow, self._panic) for r in self._records.values()]
+
+    def outlier_decisions(self) -> dict[tuple[str, str], int]:
+        """Every outlier found so far: (detection method, "" if ejected, else why not)
+        -> count (see :attr:`lbclient.health.outlier.OutlierDetector.decisions`)."""
+        return dict(self._fitness.outlier_decisions)
 
     def close(self) -> None:
         """Close every connection now (in-flight calls are cancelled by their transport)

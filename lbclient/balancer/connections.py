@@ -45,32 +45,39 @@ class ConnectionCounts(NamedTuple):
 
 
 class ConnectionTally:
-    __slots__ = ("_succeeded", "_failed", "_disconnections", "_open")
+    __slots__ = ("_succeeded", "_failed", "_disconnections", "_open", "_opened_in")
 
     def __init__(self) -> None:
         self._succeeded: collections.Counter[str] = collections.Counter()
         self._failed: collections.Counter[str] = collections.Counter()
         self._disconnections: collections.Counter[tuple[str, str]] = collections.Counter()
         self._open: collections.Counter[str] = collections.Counter()
+        # address -> the locality its open connection was counted in (an endpoint's
+        # attributes may change while it is connected)
+        self._opened_in: dict[str, str] = {}
 
-    def changed(self, locality: str, previous: Connectivity, state: Connectivity) -> None:
+    def changed(self, address: str, locality: str, previous: Connectivity,
+                state: Connectivity) -> None:
         """An endpoint's connectivity went from ``previous`` to ``state``."""
         if state is Connectivity.READY:
             self._succeeded[locality] += 1
             self._open[locality] += 1
+            self._opened_in[address] = locality
         elif previous is Connectivity.READY:
-            self._disconnections[locality, UNKNOWN] += 1
-            self._open[locality] -= 1
+            opened = self._opened_in.pop(address, locality)
+            self._disconnections[opened, UNKNOWN] += 1
+            self._open[opened] -= 1
             if state is Connectivity.TRANSIENT_FAILURE:
                 self._failed[locality] += 1      # lost, and the reconnect failed too
         elif state is Connectivity.TRANSIENT_FAILURE:
             self._failed[locality] += 1
 
-    def closed(self, locality: str, state: Connectivity) -> None:
-        """lbclient closed an endpoint's connection (removed), which was in ``state``."""
-        if state is Connectivity.READY:
-            self._disconnections[locality, SHUTDOWN] += 1
-            self._open[locality] -= 1
+    def closed(self, address: str) -> None:
+        """lbclient closed an endpoint's connection (the endpoint was removed)."""
+        opened = self._opened_in.pop(address, None)
+        if opened is not None:
+            self._disconnections[opened, SHUTDOWN] += 1
+            self._open[opened] -= 1
 
     def snapshot(self) -> ConnectionCounts:
         return ConnectionCounts(dict(self._succeeded), dict(self._failed),

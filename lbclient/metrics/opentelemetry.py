@@ -20,6 +20,11 @@ bounded per channel to ``max_endpoints`` values plus ``"other"``):
     lbclient.in_flight          ObservableUpDownCounter {call}
     lbclient.endpoint.eligible  ObservableGauge    1 if the endpoint may be picked
 
+Plus gRPC's own instruments (``grpc.client.attempt.*``, ``grpc.client.call.*``,
+``grpc.subchannel.*``, ``grpc.lb.outlier_detection.*``, ``grpc.lb.wrr.*``), with the
+names, units and labels of gRFCs A66, A78, A91, A94 and A96: see
+:mod:`lbclient.metrics._grpc_otel` and docs/metrics.md (``grpc_metrics=False``: off).
+
 Threading: synchronous instruments are recorded on the channel's threads (the OTel SDK's
 instruments are thread-safe); observable callbacks run on the reader's thread.
 """
@@ -34,7 +39,7 @@ from typing import Any
 from opentelemetry import metrics as otel
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from . import LATENCY_BUCKETS, MAX_ENDPOINTS, OTHER, Attachment, attach
+from . import LATENCY_BUCKETS, MAX_ENDPOINTS, OTHER, Attachment, _grpc_otel, attach
 from ._core import normalize_code
 
 _VERSION = "0.1.0"
@@ -172,37 +177,45 @@ class _Instruments:
         return callback
 
 
-_by_provider: dict[int, tuple[Any, _Instruments]] = {}
+_by_provider: dict[int, tuple[Any, _Instruments, _grpc_otel.GrpcInstruments]] = {}
 _lock = threading.Lock()
 
 
-def _instruments(meter_provider: Any) -> _Instruments:
+def _instruments(meter_provider: Any) -> tuple[_Instruments, _grpc_otel.GrpcInstruments]:
     key = id(meter_provider)
     with _lock:
         entry = _by_provider.get(key)
         if entry is None or entry[0] is not meter_provider:
             meter = otel.get_meter("lbclient", _VERSION, meter_provider=meter_provider)
-            entry = _by_provider[key] = (meter_provider, _Instruments(meter))
-        return entry[1]
+            entry = _by_provider[key] = (meter_provider, _Instruments(meter),
+                                         _grpc_otel.GrpcInstruments(meter))
+        return entry[1], entry[2]
 
 
 def enable(channel: Any, meter_provider: Any = None, *,
-           max_endpoints: int = MAX_ENDPOINTS) -> OtelSink:
+           max_endpoints: int = MAX_ENDPOINTS, grpc_metrics: bool = True,
+           backend_service: str = "") -> OtelSink:
     """Record ``channel``'s metrics with instruments from ``meter_provider`` (default:
-    the global one, ``opentelemetry.metrics.get_meter_provider()``)."""
-    instruments = _instruments(meter_provider)
+    the global one, ``opentelemetry.metrics.get_meter_provider()``): lbclient's own
+    (``lbclient.*``) and, unless ``grpc_metrics`` is False, gRPC's (``grpc.*``, named
+    as the gRFCs name them; ``backend_service`` is their ``grpc.lb.backend_service``
+    label, "" as gRPC leaves it outside xDS)."""
+    instruments, grpc_instruments = _instruments(meter_provider)
     sink = OtelSink(instruments, channel.target, max_endpoints)
     sink.attachment = attach(channel, sink)
     instruments.add(channel, sink)
+    if grpc_metrics:
+        _grpc_otel.enable(channel, grpc_instruments, backend_service)
     return sink
 
 
 def disable(channel: Any, meter_provider: Any = None) -> None:
     """Stop recording ``channel`` (its observable series stop being reported)."""
-    instruments = _instruments(meter_provider)
+    instruments, grpc_instruments = _instruments(meter_provider)
     with instruments._lock:
         sinks = [s for r, s in instruments._channels if r() is channel]
     instruments.remove(channel)
+    _grpc_otel.disable(channel, grpc_instruments)
     for sink in sinks:
         if sink.attachment is not None:
             sink.attachment.detach()
