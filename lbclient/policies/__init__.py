@@ -14,6 +14,8 @@ from . import (  # noqa: F401 - each module registers its PolicySpec(s)
     ring_hash,
     round_robin,
     sticky,
+    subsetting_deterministic,
+    subsetting_random,
     weighted_round_robin,
     weighted_target,
     zone_aware,
