@@ -7,12 +7,15 @@ the connection-error probe use grpc's own channel underneath (:func:`raw_channel
 they make no spans and never meet an interceptor.
 
 Connectivity is polled, not subscribed to: grpcio's ``subscribe`` runs a thread per
-channel. :class:`ConnectivityMonitor` reads grpc core's state (a few µs an endpoint)
+channel. :class:`ConnectivityMonitor` reads grpc core's state (about a µs an endpoint)
 on the channel's scheduler: endpoints that are still settling (idle or connecting) every
-millisecond, backing off to the sweep interval, and every endpoint once per sweep
-(``interval``, stretched to 20x a sweep's own cost for very large sets); a call that
-fails UNAVAILABLE re-checks its endpoint at once. So a fresh channel sees each endpoint
-become READY within a millisecond or so, as grpc's own round_robin does.
+millisecond, backing off to the sweep interval, and the others a fixed number per sweep
+(``budget`` every ``interval``, in turn), so the background cost does not grow with the
+number of idle endpoints: with up to ``budget`` endpoints each is read every sweep, with
+more a full turn takes ``n / budget`` sweeps. A call that fails UNAVAILABLE re-checks
+its endpoint at once, so endpoints in use learn of a lost connection from their calls.
+A fresh channel sees each endpoint become READY within a millisecond or so, as grpc's
+own round_robin does.
 
 Contract: ``create()`` never blocks; state changes reach ``on_state`` in order (one
 delivery at a time per endpoint), from the scheduler or a caller's thread.
@@ -22,8 +25,8 @@ delivery at a time per endpoint), from the scheduler or a caller's thread.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -75,13 +78,16 @@ class ConnectivityMonitor:
     """Polls the connectivity of a channel's endpoint connections (see the module doc)."""
 
     FAST_FIRST = 0.001
+    FAST_BUDGET = 256         # settling endpoints read per fast sweep, in turn
 
     def __init__(self, scheduler: ThreadScheduler, interval: float = 0.05,
-                 max_interval: float = 1.0) -> None:
+                 budget: int = 64) -> None:
         self._scheduler = scheduler
         self._interval = interval
-        self._max_interval = max_interval
+        self._budget = budget
         self._subs: dict[int, Subchannel] = {}
+        self._ring: list[Subchannel] = []     # the sweep's turn order (closed ones dropped)
+        self._cursor = 0
         self._settling: dict[int, Subchannel] = {}
         self._lock = threading.Lock()
         self._sweep_timer: Any = None
@@ -95,14 +101,15 @@ class ConnectivityMonitor:
             if self._closed:
                 return
             self._subs[id(sub)] = sub
+            self._ring.append(sub)
             self._settling[id(sub)] = sub
             if self._sweep_timer is None:
                 self._sweep_timer = self._scheduler.call_later(self._interval, self._sweep)
         self.kick()
 
     def remove(self, sub: Subchannel) -> None:
-        with self._lock:
-            self._subs.pop(id(sub), None)
+        with self._lock:      # (its ring entry goes at the next compaction; closed subs
+            self._subs.pop(id(sub), None)        # read nothing meanwhile)
             self._settling.pop(id(sub), None)
 
     def settling(self, sub: Subchannel, state: Connectivity) -> None:
@@ -126,7 +133,13 @@ class ConnectivityMonitor:
 
     def _fast_sweep(self) -> None:
         with self._lock:
-            subs = list(self._settling.values())
+            if len(self._settling) <= self.FAST_BUDGET:
+                subs = list(self._settling.values())
+            else:          # many connecting at once: a share per run, oldest first
+                subs = list(itertools.islice(self._settling.values(), self.FAST_BUDGET))
+                for sub in subs:       # to the back of the line
+                    del self._settling[id(sub)]
+                    self._settling[id(sub)] = sub
         changed = False
         with self.batch():
             for sub in subs:
@@ -142,21 +155,32 @@ class ConnectivityMonitor:
             self._fast_timer = self._scheduler.call_later(self._fast_delay, self._fast_sweep)
 
     def _sweep(self) -> None:
-        t0 = time.perf_counter()
         with self._lock:
-            subs = list(self._subs.values())
+            subs = self._next_turn()
         changed = [sub for sub in subs if sub.changed()]
         if changed:
             with self.batch():   # one picker rebuild per sweep, however many changed
                 for sub in changed:
                     sub.poll()
-        cost = time.perf_counter() - t0
         with self._lock:
             if self._closed or not self._subs:
                 self._sweep_timer = None
                 return
-            delay = min(max(self._interval, 20 * cost), self._max_interval)
-            self._sweep_timer = self._scheduler.call_later(delay, self._sweep)
+            self._sweep_timer = self._scheduler.call_later(self._interval, self._sweep)
+
+    def _next_turn(self) -> list[Subchannel]:
+        """The next ``budget`` endpoints of the ring, in turn (under the lock)."""
+        ring = self._ring
+        if len(ring) > 2 * len(self._subs) + 16:       # drop the removed ones now and then
+            ring[:] = [sub for sub in ring if id(sub) in self._subs]
+            self._cursor = 0
+        n = len(ring)
+        if n <= self._budget:
+            return list(ring)
+        start = self._cursor % n
+        end = start + self._budget
+        self._cursor = end % n
+        return ring[start:end] if end <= n else ring[start:] + ring[:end - n]
 
     def close(self) -> None:
         with self._lock:
