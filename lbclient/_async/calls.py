@@ -20,8 +20,8 @@ from typing import Any
 
 import grpc.aio
 
-from .._core.deadline import deadline_from, remaining
-from .._core.kinds import CallSite, Invocation
+from .._core.deadline import remaining
+from .._core.kinds import CallSite, Invocation, invocation
 from .._core.observe import call_end
 from .._core.picking import CLOSED, fail_now
 from ..balancer.picker import PickError
@@ -90,11 +90,8 @@ class _MultiCallable:
     def _invocation(self, config: MethodConfig | None, request: Any, timeout: float | None,
                     metadata: Any, credentials: Any, wait_for_ready: bool | None,
                     compression: Any) -> Invocation:
-        deadline = deadline_from(timeout, config.timeout if config is not None else None)
-        if wait_for_ready is None and config is not None:
-            wait_for_ready = config.wait_for_ready
-        return Invocation(self._site, request, deadline, metadata, bool(wait_for_ready),
-                          credentials, compression)
+        return invocation(self._site, config, request, timeout, metadata, credentials,
+                          wait_for_ready, compression)
 
     def _single(self, inv: Invocation) -> Any:
         """One attempt of a call with a method config (deadline, waitForReady)."""

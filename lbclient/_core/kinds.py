@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..balancer.picker import PickInfo
+from .deadline import deadline_from
 
 
 class CallKind(enum.Enum):
@@ -86,3 +87,16 @@ class Invocation:
     wait_for_ready: bool
     credentials: Any
     compression: Any
+
+
+def invocation(site: CallSite, config: Any, request: Any, timeout: float | None,
+               metadata: Any, credentials: Any, wait_for_ready: bool | None,
+               compression: Any) -> Invocation:
+    """A call's :class:`Invocation`: its deadline is the caller's timeout or the method
+    config's ``timeout`` (a ``MethodConfig`` or None), whichever is shorter, fixed now;
+    ``wait_for_ready`` the caller's, else the method config's."""
+    deadline = deadline_from(timeout, config.timeout if config is not None else None)
+    if wait_for_ready is None and config is not None:
+        wait_for_ready = config.wait_for_ready
+    return Invocation(site, request, deadline, metadata, bool(wait_for_ready), credentials,
+                      compression)
