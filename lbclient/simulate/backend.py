@@ -16,7 +16,12 @@
 
 The thresholds, states and decisions stay in the SDK's own code (HealthTracker, the
 balancer, the outlier detector): these fakes only say what each backend would answer.
-Everything runs on the simulation's :class:`~lbclient.simulate.clock.EventLoop`.
+Everything runs on the simulation's :class:`~lbclient.simulate.clock.EventLoop`. With
+several clients (``"clients": K``) a backend has one connection (and health checker) per
+client that connects to it; each client's connections and checkers may run their timers
+through a :class:`~lbclient.simulate.fleet.BatchedTimers` of that client instead of the
+loop itself (``scheduler=``), so the events one client's endpoints raise at the same
+virtual time reach its balancer in one batch.
 """
 
 from __future__ import annotations
@@ -39,13 +44,14 @@ PENDING, QUEUED, SERVING, DONE = 0, 1, 2, 3     # SimCall.state
 
 class SimCall:
     """One call: created by the engine (``PENDING`` until picked), placed on a backend
-    (``QUEUED`` or ``SERVING``), and ``DONE`` once finished, whatever ended it."""
+    (``QUEUED`` or ``SERVING``), and ``DONE`` once finished, whatever ended it.
+    ``client`` is the index of the client channel that sends it."""
 
     __slots__ = ("seq", "arrival", "duration", "key", "info", "deadline", "result",
-                 "backend", "t_admit", "t_placed", "timer", "state")
+                 "backend", "t_admit", "t_placed", "timer", "state", "client")
 
     def __init__(self, seq: int, arrival: float, duration: float, key: str | None,
-                 info: PickInfo) -> None:
+                 info: PickInfo, client: int = 0) -> None:
         self.seq = seq
         self.arrival = arrival
         self.duration = duration
@@ -58,6 +64,7 @@ class SimCall:
         self.t_placed = arrival
         self.timer: Timer | None = None
         self.state = PENDING
+        self.client = client
 
 
 class SimHost(Protocol):
@@ -71,9 +78,22 @@ class SimHost(Protocol):
         """End ``call`` with the status ``code`` (the channel's completion steps)."""
 
 
+class Scheduler(Protocol):
+    """What connections and checkers schedule on: the loop, or a client's
+    :class:`~lbclient.simulate.fleet.BatchedTimers`."""
+
+    @property
+    def now(self) -> float: ...
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> Timer: ...
+
+    def call_soon(self, fn: Callable[[], None]) -> Timer: ...
+
+
 class SimBackend:
-    """One simulated server. ``n`` is the client's in-flight count on it (queued + in
-    service), integrated over time for the mean concurrency."""
+    """One simulated server. ``n`` is the clients' in-flight count on it (queued + in
+    service), integrated over time for the mean concurrency. ``conns``: one connection
+    per client that connects to it (``conn``: the latest, the only one with one client)."""
 
     def __init__(self, spec: BackendSpec, index: int, sim: SimHost,
                  service_rng: random.Random, error_rng: random.Random) -> None:
@@ -90,7 +110,7 @@ class SimBackend:
         self._not_serving = 0
         self._errors: list[Fault] = []
         self._slow = 1.0
-        self.conn: SimConnection | None = None
+        self.conns: list[SimConnection] = []
         self.checkers: list[SimChecker] = []
         self.active = 0
         self.serving: set[SimCall] = set()
@@ -110,6 +130,20 @@ class SimBackend:
         self.fit = False                               # as of the last balancer change
         self.eligible = False
         self.transitions: list[tuple[float, bool, str]] = []
+
+    @property
+    def conn(self) -> SimConnection | None:
+        return self.conns[-1] if self.conns else None
+
+    @conn.setter
+    def conn(self, conn: SimConnection | None) -> None:
+        """Attach a connection (tests building one by hand use this)."""
+        if conn is not None and conn not in self.conns:
+            self.conns.append(conn)
+
+    def connections(self) -> int:
+        """Connections open to it now (one per client that holds it)."""
+        return sum(1 for c in self.conns if not c.closed)
 
     # ------------------------------------------------------------------ health status
     def health_serving(self) -> bool:
@@ -195,8 +229,8 @@ class SimBackend:
             if self._down == 1:
                 self.up = False
                 self._drop_all()
-                if self.conn is not None:
-                    self.conn.lost()
+                for conn in list(self.conns):
+                    conn.lost()
         elif fault.kind == "errors":
             self._errors.append(fault)
         elif fault.kind == "notServing":
@@ -242,11 +276,11 @@ class SimConnection:
     """The ``SubchannelHandle`` of one endpoint (see the module docstring)."""
 
     def __init__(self, backend: SimBackend, on_state: Callable[[Connectivity], None],
-                 rng: random.Random) -> None:
+                 rng: random.Random, scheduler: Scheduler | None = None) -> None:
         self.backend = backend
         self.address = backend.name
         self._on_state = on_state
-        self._loop = backend.loop
+        self._loop: Scheduler = scheduler if scheduler is not None else backend.loop
         self._backoff = Backoff(rng)
         self._timer: Timer | None = None
         self.state = Connectivity.IDLE
@@ -311,9 +345,11 @@ class SimConnection:
 class SimConnectionFactory:
     """The balancer's ``SubchannelFactory``: connects at once (on the next loop event)."""
 
-    def __init__(self, backends: dict[str, SimBackend], rng: random.Random) -> None:
+    def __init__(self, backends: dict[str, SimBackend], rng: random.Random,
+                 scheduler: Scheduler | None = None) -> None:
         self._backends = backends
         self._rng = rng
+        self._scheduler = scheduler
 
     def set_batcher(self, batch: Callable[[], Any]) -> None:
         """Each connectivity change is its own loop event: nothing to batch."""
@@ -321,8 +357,8 @@ class SimConnectionFactory:
     def create(self, endpoint: Endpoint,
                on_state: Callable[[Connectivity], None]) -> SimConnection:
         backend = self._backends[endpoint.address]
-        conn = SimConnection(backend, on_state, self._rng)
-        backend.conn = conn
+        conn = SimConnection(backend, on_state, self._rng, self._scheduler)
+        backend.conns.append(conn)
         conn.request_connection()
         return conn
 
@@ -331,12 +367,12 @@ class SimChecker:
     """One endpoint's health checker (see the module docstring)."""
 
     def __init__(self, backend: SimBackend, config: Any, report: Callable[[HealthReport], None],
-                 rng: random.Random) -> None:
+                 rng: random.Random, scheduler: Scheduler | None = None) -> None:
         self._backend = backend
         self._config = config
         self._report = report
         self._rng = rng
-        self._loop = backend.loop
+        self._loop: Scheduler = scheduler if scheduler is not None else backend.loop
         self._stopped = False
         self._poll: Timer | None = None
         self._poll_interval: float | None = None
@@ -416,9 +452,12 @@ class SimChecker:
 class SimHealthFactory:
     """The balancer's ``HealthCheckerFactory`` (``handle`` is a :class:`SimConnection`)."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, scheduler: Scheduler | None = None) -> None:
         self._rng = rng
+        self._scheduler = scheduler
+        self.started = 0           # checkers started (health streams opened)
 
     def start(self, handle: Any, config: Any,
               report: Callable[[HealthReport], None]) -> SimChecker:
-        return SimChecker(handle.backend, config, report, self._rng)
+        self.started += 1
+        return SimChecker(handle.backend, config, report, self._rng, self._scheduler)

@@ -15,10 +15,20 @@ call UNAVAILABLE at once.
 Randomness comes from ``random.Random(f"{seed}:{purpose}")`` streams: the request
 streams draw their arrivals, durations and keys from their own generators, so every
 variant of a scenario sees exactly the same requests.
+
+Many clients (``"clients": K``): K balancers, each with its own connections and health
+checkers to the same backends, its own config (``deterministic_subsetting`` gets
+``clientIndex = i``, ``clientCount = K``: :mod:`lbclient.simulate.fleet`) and its own
+random streams (client 0 uses the single client's, so ``"clients": 1`` is the plain
+simulation). The requests are the fleet's: call ``n`` (in arrival order, over every
+stream) is sent by client ``n mod K``. A backend counts as fit while every client that
+holds it finds it fit (marked unfit when the first client marks it, readmitted when the
+last one readmits it), and as eligible while any client may pick it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -28,8 +38,10 @@ from typing import Any
 
 from ..balancer.balancer import Balancer
 from ..balancer.picker import CallOutcome, PickError, PickInfo
+from ..config import ServiceConfig
 from ..endpoint import Endpoint
 from ..health.events import EndpointEvent
+from ..health.options import BalancingOptions
 from .backend import (
     DONE,
     PENDING,
@@ -39,7 +51,8 @@ from .backend import (
     SimHealthFactory,
 )
 from .clock import EventLoop
-from .scenario import Scenario, StreamSpec, Variant
+from .fleet import BatchedTimers, FleetFigures, client_configs, fleet_figures
+from .scenario import Scenario, StreamSpec, Variant, parse_variant_config
 
 EXTRA_TIME = 3600.0   # without "until": stop this long after the last arrival at most
 # The SDK loggers a simulated balancer writes to; its events are in the report instead.
@@ -83,9 +96,30 @@ class _Stream:
         self.index = index
 
 
+class SimClient:
+    """One client channel of the simulation: its balancer and config, the calls waiting
+    for its next picker, and what it last reported per endpoint (picked, fit)."""
+
+    def __init__(self, index: int, config: ServiceConfig, options: BalancingOptions,
+                 balancer: Balancer, health: SimHealthFactory) -> None:
+        self.index = index
+        self.config = config
+        self.options = options
+        self.balancer = balancer
+        self.health = health
+        self.pending: list[SimCall] = []
+        self.retry_scheduled = False
+        self.generation = -1
+        self.seen: dict[str, tuple[bool, bool]] = {}
+        # at the end of the run, before the balancer closes: what it held, per address
+        # (in flight, calls ended, failures), in its order
+        self.final_stats: dict[str, tuple[int, int, int]] = {}
+
+
 class Simulation:
     """Runs one variant of a scenario; read the figures from its attributes afterwards
-    (:func:`lbclient.simulate.report.build_run_report` does)."""
+    (:func:`lbclient.simulate.report.build_run_report` does). ``balancer`` is client
+    0's (the only one unless the scenario sets ``clients``)."""
 
     def __init__(self, scenario: Scenario, variant: Variant, seed: int) -> None:
         self.scenario = scenario
@@ -96,10 +130,16 @@ class Simulation:
                                     self.rng(f"errors:{spec.name}"))
                          for i, spec in enumerate(scenario.backends)]
         self.by_name = {b.name: b for b in self.backends}
-        self.balancer = Balancer(
-            SimConnectionFactory(self.by_name, self.rng("connect")),
-            clock=self.loop, rng=self.rng("balancer"), scheduler=self.loop,
-            health_factory=SimHealthFactory(self.rng("health")))
+        # per backend: clients holding it / finding it fit / picking it
+        self._holders = [0] * len(self.backends)
+        self._fit_votes = [0] * len(self.backends)
+        self._picked_votes = [0] * len(self.backends)
+        self.clients = [self._client(i, config, options) for i, (config, options)
+                        in enumerate(self._configs())]
+        self.balancer = self.clients[0].balancer
+        self.fleet: FleetFigures | None = None
+        self.end_connections = [0] * len(self.backends)
+        self.end_health_checks = [0] * len(self.backends)
         # counters and records
         self.seq = 0
         self.finished = 0
@@ -113,8 +153,6 @@ class Simulation:
         self.samples: list[tuple[float, tuple[int, ...]]] = []
         self.imbalance_sum = 0.0
         self.imbalance_n = 0
-        self.pending: list[SimCall] = []
-        self._retry_scheduled = False
         self._streams_open = 0
         self.final_stats: dict[str, tuple[int, int, int]] = {}
         self.first_arrival: float | None = None
@@ -124,6 +162,28 @@ class Simulation:
     def rng(self, purpose: str) -> random.Random:
         return random.Random(f"{self.seed}:{purpose}")
 
+    def _configs(self) -> list[tuple[ServiceConfig, BalancingOptions]]:
+        k, variant = self.scenario.clients, self.variant
+        if k == 1:
+            return [(variant.config, variant.options)]
+        if len(variant.client_configs) == k:
+            return list(variant.client_configs)
+        return list(client_configs(variant.raw, k,
+                                   lambda raw: parse_variant_config(raw, variant.label)))
+
+    def _client(self, i: int, config: ServiceConfig, options: BalancingOptions) -> SimClient:
+        """Client ``i``: client 0 draws from the single client's random streams; with
+        several clients, each one's connections and checkers batch their events."""
+        tag = "" if i == 0 else f":{i}"
+        timers = BatchedTimers(self.loop) if self.scenario.clients > 1 else None
+        health = SimHealthFactory(self.rng(f"health{tag}"), timers)
+        bal = Balancer(SimConnectionFactory(self.by_name, self.rng(f"connect{tag}"), timers),
+                       clock=self.loop, rng=self.rng(f"balancer{tag}"), scheduler=self.loop,
+                       health_factory=health)
+        if timers is not None:
+            timers.bind(bal.batch)
+        return SimClient(i, config, options, bal, health)
+
     # ------------------------------------------------------------------ setup and run
     def run(self) -> None:
         """Run to the end (or ``until``); then close the balancer."""
@@ -131,16 +191,19 @@ class Simulation:
             self._run()
 
     def _run(self) -> None:
-        sc, bal, loop = self.scenario, self.balancer, self.loop
-        config = self.variant.config
-        bal.add_listener(self._on_change)
-        bal.add_event_listener(self._on_event)
-        # The channel's order (LoadBalancedChannel._apply_config).
-        bal.set_options(self.variant.options)
-        bal.set_health_check(config.health_check)
-        bal.set_policy(config.lb.spec, config.lb.config)
-        bal.update_endpoints([Endpoint(b.name, b.spec.weight, b.spec.attributes)
-                              for b in self.backends])
+        sc, loop = self.scenario, self.loop
+        endpoints = [Endpoint(b.name, b.spec.weight, b.spec.attributes)
+                     for b in self.backends]
+        for client in self.clients:
+            bal, config = client.balancer, client.config
+            bal.add_listener(functools.partial(self._on_change, client))
+            bal.add_event_listener(self._on_event if len(self.clients) == 1 else
+                                   functools.partial(self._on_event, client=client.index))
+            # The channel's order (LoadBalancedChannel._apply_config).
+            bal.set_options(client.options)
+            bal.set_health_check(config.health_check)
+            bal.set_policy(config.lb.spec, config.lb.config)
+            bal.update_endpoints(endpoints)
         for b in self.backends:
             for fault in b.spec.faults:
                 loop.call_at(fault.start, b.fault_begin, fault)
@@ -167,10 +230,25 @@ class Simulation:
             self.stopped_at = loop.now
             for b in self.backends:
                 b._count(0)
-            # What the policies saw, per endpoint: (in flight, calls ended, failures).
-            self.final_stats = {r.address: (r.stats.in_flight, r.stats.calls, r.stats.failures)
-                                for r in bal.records()}
-            bal.close()
+            # What the policies saw, per endpoint: (in flight, calls ended, failures),
+            # summed over the clients.
+            stats: dict[str, tuple[int, int, int]] = {}
+            for client in self.clients:
+                client.final_stats = {r.address: (r.stats.in_flight, r.stats.calls,
+                                                  r.stats.failures)
+                                      for r in client.balancer.records()}
+                for address, (a, c, f) in client.final_stats.items():
+                    a0, c0, f0 = stats.get(address, (0, 0, 0))
+                    stats[address] = (a0 + a, c0 + c, f0 + f)
+            self.final_stats = stats
+            # Per backend before the clients close: connections and health checkers.
+            self.end_connections = [b.connections() for b in self.backends]
+            self.end_health_checks = [len(b.checkers) for b in self.backends]
+            self.fleet = fleet_figures(len(self.clients), self.end_connections,
+                                       self.end_health_checks,
+                                       [b.placed for b in self.backends])
+            for client in self.clients:
+                client.balancer.close()
 
     # ------------------------------------------------------------------ requests
     def _arrive(self, stream: _Stream) -> None:
@@ -198,7 +276,8 @@ class Simulation:
                 self.loop.call_at(nxt, self._arrive, stream)
         if not more:
             self._streams_open -= 1
-        call = SimCall(self.seq, now, duration, key, PickInfo(spec.method, metadata))
+        call = SimCall(self.seq, now, duration, key, PickInfo(spec.method, metadata),
+                       self.seq % len(self.clients))
         self.seq += 1
         self.in_flight += 1
         if self.first_arrival is None:
@@ -206,13 +285,13 @@ class Simulation:
         if spec.deadline is not None:
             call.deadline = self.loop.call_at(now + spec.deadline, self._expire, call)
         if not self._pick(call):
-            self.pending.append(call)
+            self.clients[call.client].pending.append(call)
 
     def _pick(self, call: SimCall) -> bool:
         """Place ``call`` or fail it; False when it must wait for a new picker (the
-        caller keeps it in ``pending``)."""
+        caller keeps it in its client's ``pending``)."""
         try:
-            result = self.balancer.picker.pick(call.info)
+            result = self.clients[call.client].balancer.picker.pick(call.info)
         except PickError as exc:
             if exc.queue:
                 return False
@@ -239,20 +318,21 @@ class Simulation:
             history[0].append(self.loop.now)
             history[1].append(index)
 
-    def _retry_pending(self) -> None:
-        self._retry_scheduled = False
-        waiting, self.pending = self.pending, []
+    def _retry_pending(self, client: SimClient) -> None:
+        client.retry_scheduled = False
+        waiting, client.pending = client.pending, []
         for call in waiting:
             if call.state == PENDING and not self._pick(call):
-                self.pending.append(call)
+                client.pending.append(call)
 
     def _expire(self, call: SimCall) -> None:
         call.deadline = None
         if call.state == DONE:
             return
         if call.backend is None:
-            if call in self.pending:
-                self.pending.remove(call)
+            pending = self.clients[call.client].pending
+            if call in pending:
+                pending.remove(call)
         else:
             call.backend.cancel(call)
         self.finish(call, "DEADLINE_EXCEEDED")
@@ -268,7 +348,8 @@ class Simulation:
         ok = code == "OK"
         if result is not None:
             outcome = CallOutcome(code, now - call.t_placed)
-            result.candidate.stats.end(outcome, code in self.balancer.failure_codes)
+            failure_codes = self.clients[call.client].balancer.failure_codes
+            result.candidate.stats.end(outcome, code in failure_codes)
             if result.on_done is not None:
                 result.on_done(outcome)
         if backend is not None:
@@ -285,27 +366,46 @@ class Simulation:
             self.loop.stop()
 
     # ------------------------------------------------------------------ observation
-    def _on_change(self) -> None:
-        """After every balancer change: fitness transitions and waiting calls."""
-        now = self.loop.now
-        bal = self.balancer
-        for b in self.backends:
-            rec = bal.record(b.name)
-            if rec is None:
+    def _on_change(self, client: SimClient) -> None:
+        """After every change of a client's balancer: fitness transitions (read when it
+        published a new picker: every eligibility change rebuilds it) and waiting calls."""
+        bal = client.balancer
+        if bal.generation != client.generation:
+            client.generation = bal.generation
+            self._scan(client)
+        if client.pending and not client.retry_scheduled:
+            client.retry_scheduled = True
+            self.loop.call_at(self.loop.now, self._retry_pending, client)
+
+    def _scan(self, client: SimClient) -> None:
+        now, seen = self.loop.now, client.seen
+        holders, fit_votes, picked_votes = self._holders, self._fit_votes, self._picked_votes
+        for rec in client.balancer.records():
+            state = (rec.picked, rec.fit())
+            before = seen.get(rec.address)
+            if before == state:
                 continue
-            b.eligible = rec.picked
-            fit = rec.fit()
+            seen[rec.address] = state
+            b = self.by_name[rec.address]
+            i = b.index
+            if before is None:
+                holders[i] += 1
+                before = (False, False)
+            picked_votes[i] += state[0] - before[0]
+            fit_votes[i] += state[1] - before[1]
+            b.eligible = picked_votes[i] > 0
+            fit = fit_votes[i] == holders[i]
             if fit != b.fit:
                 b.fit = fit
                 b.transitions.append((now, fit, rec.unfit_reason()))
-        if self.pending and not self._retry_scheduled:
-            self._retry_scheduled = True
-            self.loop.call_soon(self._retry_pending)
 
-    def _on_event(self, event: EndpointEvent) -> None:
-        self.events.append({"time": round(event.time, 6), "kind": event.kind,
-                            "address": event.address, "reason": event.reason,
-                            "finished_calls": self.finished})
+    def _on_event(self, event: EndpointEvent, client: int | None = None) -> None:
+        record = {"time": round(event.time, 6), "kind": event.kind,
+                  "address": event.address, "reason": event.reason,
+                  "finished_calls": self.finished}
+        if client is not None:       # several clients: which one saw it
+            record["client"] = client
+        self.events.append(record)
 
     def _sample(self, interval: float) -> None:
         counts = tuple(b.n for b in self.backends)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .analysis import Affinity, Downtime, affinities, downtimes, percentile
+from .fleet import FleetFigures
 from .text import num, pct, secs, table
 
 if TYPE_CHECKING:
@@ -33,6 +34,8 @@ class BackendFigures:
     queued: int                  # calls that waited for a free slot
     mean_queue_wait: float       # over every call placed on it (0 for those not queued)
     max_queue_wait: float
+    connections: int = 0         # clients connected to it at the end (subsetting: some)
+    health_checks: int = 0       # health checkers running on it at the end
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,18 @@ class RunReport:
     loop_events: int
     timeline: tuple[tuple[float, tuple[int, ...]], ...] = field(repr=False)
     wall_seconds: float = field(default=0.0, compare=False)
+    clients: int = 1
+    fleet: FleetFigures | None = None      # connections and load per backend
+
+    def fleet_row(self) -> dict[str, Any]:
+        """The fleet figures of the comparison (empty without ``fleet``)."""
+        f = self.fleet
+        if f is None:
+            return {}
+        return {"clients": f.clients, "connections": f.connections_total,
+                "connections_max": f.connections_max,
+                "connections_max_over_mean": f.connections_max_over_mean,
+                "requests_max_over_mean": f.requests_max_over_mean, "unused": f.unused}
 
     def to_dict(self, timing: bool = False, timeline: bool = False) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -114,6 +129,8 @@ class Report:
                 row["detection_delay"] = d.detection_delay
                 row["readmission_delay"] = d.readmission_delay
                 row["failed_in_window"] = d.failed_in_window
+            if r.clients > 1:
+                row.update(r.fleet_row())
             if r.affinity:
                 a = r.affinity[0]
                 row["moved"] = a.moved
@@ -159,7 +176,8 @@ def build_run_report(sim: Simulation, wall: float) -> RunReport:
             peak_concurrency=b.peak, mean_concurrency=b.area / span,
             queued=b.queued_calls,
             mean_queue_wait=b.queue_wait_total / b.placed if b.placed else 0.0,
-            max_queue_wait=b.queue_wait_max))
+            max_queue_wait=b.queue_wait_max, connections=sim.end_connections[b.index],
+            health_checks=sim.end_health_checks[b.index]))
     lat = sorted(sim.latencies)
     ok = sim.codes.get("OK", 0)
     return RunReport(
@@ -172,7 +190,8 @@ def build_run_report(sim: Simulation, wall: float) -> RunReport:
         backends=tuple(backends), downtime=tuple(downtimes(sim)),
         affinity=tuple(affinities(sim)), events=tuple(sim.events),
         sim_time=sim.stopped_at, loop_events=sim.loop.events,
-        timeline=tuple(sim.samples), wall_seconds=wall)
+        timeline=tuple(sim.samples), wall_seconds=wall, clients=len(sim.clients),
+        fleet=sim.fleet)
 
 
 def make_report(name: str, seed: int, backends: Sequence[str], runs: Sequence[RunReport],
@@ -181,6 +200,9 @@ def make_report(name: str, seed: int, backends: Sequence[str], runs: Sequence[Ru
 
 
 # ------------------------------------------------------------------ plain text
+MAX_FLEET_ROWS = 40      # a fleet run with more backends prints no per-backend table
+_COUNTS = ("failed_in_window", "connections", "connections_max", "unused")
+_RATIOS = ("connections_max_over_mean", "requests_max_over_mean")
 def format_run(r: RunReport, timing: bool) -> str:
     codes = ", ".join(f"{k} {v}" for k, v in r.codes.items() if k != "OK") or "none"
     lines = [f"-- {r.label} ({r.policy})",
@@ -190,12 +212,27 @@ def format_run(r: RunReport, timing: bool) -> str:
              f"p99 {secs(r.latency.p99)}  max {secs(r.latency.max)}   "
              f"imbalance (max/fair) {num(r.imbalance)}",
              f"simulated {r.sim_time:.1f}s, {r.loop_events} events"
-             + (f", {r.wall_seconds:.2f}s wall" if timing else ""), ""]
-    rows = [[b.name, str(b.weight), str(b.requests), pct(b.share), str(b.ok), str(b.failed),
-             str(b.peak_concurrency), f"{b.mean_concurrency:.2f}", str(b.queued),
-             secs(b.mean_queue_wait), secs(b.max_queue_wait)] for b in r.backends]
-    lines.append(table(["backend", "weight", "requests", "share", "ok", "failed", "peak",
-                        "mean conc", "queued", "mean wait", "max wait"], rows))
+             + (f", {r.wall_seconds:.2f}s wall" if timing else "")]
+    f = r.fleet
+    if f is not None and (r.clients > 1 or f.unused):
+        lines.append(
+            f"fleet: {f.clients} clients, {f.connections_total} connections; per backend "
+            f"max {f.connections_max}, min {f.connections_min}, mean "
+            f"{f.connections_mean:.2f} (max/mean {num(f.connections_max_over_mean)}), "
+            f"{f.unused} with none; requests per backend max/mean "
+            f"{num(f.requests_max_over_mean)}; {f.health_checks_total} health checks")
+    lines.append("")
+    fleet = r.clients > 1
+    if fleet and len(r.backends) > MAX_FLEET_ROWS:
+        lines.append(f"({len(r.backends)} backends: the per-backend rows are in --json)")
+    else:
+        rows = [[b.name, str(b.weight), str(b.requests), pct(b.share), str(b.ok),
+                 str(b.failed), str(b.peak_concurrency), f"{b.mean_concurrency:.2f}",
+                 str(b.queued), secs(b.mean_queue_wait), secs(b.max_queue_wait)]
+                + ([str(b.connections)] if fleet else []) for b in r.backends]
+        lines.append(table(["backend", "weight", "requests", "share", "ok", "failed", "peak",
+                            "mean conc", "queued", "mean wait", "max wait"]
+                           + (["conns"] if fleet else []), rows))
     if r.downtime:
         rows = [[d.backend, d.kind, f"{d.start:g}-{'end' if d.end is None else f'{d.end:g}'}",
                  secs(d.detection_delay), d.reason or "not detected",
@@ -218,7 +255,10 @@ def format_run(r: RunReport, timing: bool) -> str:
 def comparison_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     headers = ["policy", "ok", "failed", "p50", "p90", "p99", "imbalance", "peak",
                "mean wait"]
-    names = {"failed_in_window": "failed in fault", "detection_delay": "detected after",
+    names = {"connections": "conns", "connections_max": "conns max",
+             "connections_max_over_mean": "conns max/mean", "unused": "unused backends",
+             "requests_max_over_mean": "load max/mean",
+             "failed_in_window": "failed in fault", "detection_delay": "detected after",
              "readmission_delay": "readmitted after end", "moved": "keys moved",
              "returned": "keys returned", "return_p50": "return p50",
              "return_p90": "return p90"}
@@ -232,7 +272,8 @@ def comparison_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[st
         for k in extra:
             v = r.get(k)
             cells.append(pct(v) if k in ("moved", "returned") else
-                         str(v) if k == "failed_in_window" else secs(v))
+                         ("-" if v is None else str(v)) if k in _COUNTS else
+                         num(v) if k in _RATIOS else secs(v))
         out.append(cells)
     return headers, out
 

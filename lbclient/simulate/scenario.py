@@ -35,6 +35,7 @@ from ..health.codes import STATUS_CODES
 from ..health.options import BalancingOptions
 from . import modulo_hash
 from .distributions import Distribution, Fixed, parse_distribution, seconds
+from .fleet import client_configs
 
 # Policies known only to the simulator (first entry of a variant's loadBalancingConfig).
 SIM_POLICIES: dict[str, PolicySpec] = {modulo_hash.NAME: modulo_hash.SPEC}
@@ -104,12 +105,16 @@ class StreamSpec:
 
 @dataclass(frozen=True)
 class Variant:
-    """One policy setup to simulate: a label and a whole parsed service config."""
+    """One policy setup to simulate: a label and a whole parsed service config.
+    ``client_configs``: with several clients, each one's own parsed config
+    (``deterministic_subsetting`` entries get the client's index; see
+    :mod:`lbclient.simulate.fleet`); empty with one client (``config`` is its)."""
 
     label: str
     config: ServiceConfig
     options: BalancingOptions
     raw: Mapping[str, Any]
+    client_configs: tuple[tuple[ServiceConfig, BalancingOptions], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,7 @@ class Scenario:
     sample_interval: float | None = None
     description: str = ""
     service_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    clients: int = 1
 
     def with_policies(self, names: list[str]) -> Scenario:
         """Keep only the variants whose label is in ``names`` (in that order); a name that
@@ -134,7 +140,7 @@ class Scenario:
                 raise ServiceConfigError(f"--policy {name}", "named twice")
         out = [by_label[n] if n in by_label else
                parse_variant({"label": n, "policy": {n: {}}}, self.service_config,
-                             f"--policy {n}")
+                             f"--policy {n}", clients=self.clients)
                for n in names]
         return dataclasses.replace(self, variants=tuple(out))
 
@@ -157,7 +163,8 @@ def load_scenario(source: str | os.PathLike[str] | Mapping[str, Any]) -> Scenari
 
 
 _TOP = {"name", "description", "seed", "until", "sampleInterval", "backends", "requests",
-        "serviceConfig", "policies"}
+        "serviceConfig", "policies", "clients"}
+MAX_CLIENTS = 10_000
 
 
 def parse_scenario(raw: Any) -> Scenario:
@@ -166,15 +173,16 @@ def parse_scenario(raw: Any) -> Scenario:
     backends = _backends(obj.get("backends"), "backends")
     streams = _streams(obj.get("requests"), "requests")
     base = get_object(obj, "serviceConfig", "") or {}
+    clients = get_int(obj, "clients", "", 1, minimum=1, maximum=MAX_CLIENTS)
     policies = obj.get("policies")
     variants: tuple[Variant, ...]
     if policies is None:
-        variants = (parse_variant({}, base, "serviceConfig"),)
+        variants = (parse_variant({}, base, "serviceConfig", clients=clients),)
     else:
         items = expect_list(policies, "policies")
         if not items:
             raise ServiceConfigError("policies", "must name at least one policy")
-        variants = tuple(parse_variant(item, base, join("policies", i))
+        variants = tuple(parse_variant(item, base, join("policies", i), clients=clients)
                          for i, item in enumerate(items))
     labels = [v.label for v in variants]
     for i, label in enumerate(labels):
@@ -190,7 +198,7 @@ def parse_scenario(raw: Any) -> Scenario:
         seed=get_int(obj, "seed", "", 1),
         until=None if until is None else seconds(until, "until"),
         sample_interval=None if sample is None else _positive(sample, "sampleInterval"),
-        service_config=dict(base),
+        service_config=dict(base), clients=clients,
     )
 
 
@@ -340,9 +348,13 @@ def _keys(obj: Mapping[str, Any], p: str) -> KeySpec:
 
 
 # ---------------------------------------------------------------------------- variants
-def parse_variant(item: Any, base: Mapping[str, Any], path: str) -> Variant:
+def parse_variant(item: Any, base: Mapping[str, Any], path: str, *,
+                  clients: int = 1) -> Variant:
     """A ``policies`` entry: a policy name, or ``{"label", "policy": {name: config},
-    "serviceConfig": {...}}`` merged over the scenario's ``serviceConfig``."""
+    "serviceConfig": {...}}`` merged over the scenario's ``serviceConfig``. Each of the
+    ``clients`` gets its own parsed config (``deterministic_subsetting``: its index and
+    the count, where the entry does not set them), so an index that does not fit is an
+    error here, not in the middle of a run."""
     if isinstance(item, str):
         item = {"policy": {item: {}}}
     obj = expect_object(item, path)
@@ -357,9 +369,11 @@ def parse_variant(item: Any, base: Mapping[str, Any], path: str) -> Variant:
             raise ServiceConfigError(join(path, "policy"),
                                      "must have exactly one key, the policy name")
         merged["loadBalancingConfig"] = [dict(policy)]
-    config, options = parse_variant_config(merged, path)
+    per_client = tuple(client_configs(merged, clients,
+                                      lambda raw: parse_variant_config(raw, path)))
+    config, options = per_client[0]
     label = get_str(obj, "label", path, None) or config.lb.name
-    return Variant(label, config, options, merged)
+    return Variant(label, config, options, merged, per_client if clients > 1 else ())
 
 
 def parse_variant_config(raw: Mapping[str, Any], path: str
