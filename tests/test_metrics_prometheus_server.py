@@ -250,6 +250,7 @@ def test_prometheus_scrapes_per_endpoint_picks_and_errors(
             break
     assert picks == want_picks, (picks, want_picks, prometheus.targets())
     assert errors == want_errors, (errors, want_errors)
+    print(f"\nPromQL {picks_q}\n  -> {picks}\nPromQL {errors_q}\n  -> {errors}")
     assert sorted(picks) == sorted(traffic.fleet.addresses)   # one series per endpoint
     # Scraped as a normal target: up, with the series under the job's labels.
     up = prometheus.query('up{job="lbclient"}')
