@@ -499,3 +499,13 @@ def test_wrapped_by_outlier_detection_and_wrapping_a_hash_policy() -> None:
            for i in range(200)}
     assert got == subset
     bal.close()
+
+
+def test_inside_a_group_policy_there_is_no_subsetting() -> None:
+    """Documented limit (docs/policies.md): group policies keep every endpoint, so a
+    subsetting policy as a priority level's child balances over the whole level."""
+    bal, factory, _ = balancer({"priority": {"childPolicy": [
+        {"random_subsetting": {"subsetSize": 2, "childPolicy": RR}}]}})
+    bal.update_endpoints(eps(addrs(10)))
+    assert len(bal.records()) == 10
+    bal.close()
