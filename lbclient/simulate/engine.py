@@ -231,8 +231,9 @@ class Simulation:
             for b in self.backends:
                 b._count(0)
             # What the policies saw, per endpoint: (in flight, calls ended, failures),
-            # summed over the clients.
-            stats: dict[str, tuple[int, int, int]] = {}
+            # summed over the clients (zeros for a backend no client holds).
+            stats: dict[str, tuple[int, int, int]] = {b.name: (0, 0, 0)
+                                                      for b in self.backends}
             for client in self.clients:
                 client.final_stats = {r.address: (r.stats.in_flight, r.stats.calls,
                                                   r.stats.failures)
