@@ -21,9 +21,11 @@ from ..errors import ServiceConfigError
 # Every demo call carries this header (one of 64 user keys), for hashing/sticky policies.
 KEY_HEADER = "x-demo-user"
 
-# Policies that wrap or group others: not run on their own.
+# Policies that wrap or group others: not run on their own (the subsetting policies
+# wrap a childPolicy and need a subsetSize, and a clientIndex, to mean anything).
 WRAPPERS = frozenset({"outlier_detection", "priority", "weighted_target", "cds",
-                      "xds_cluster_impl", "zone_aware"})
+                      "xds_cluster_impl", "zone_aware", "random_subsetting",
+                      "deterministic_subsetting"})
 
 PREFERRED_ORDER = ("round_robin", "weighted_round_robin", "random", "least_connections",
                    "least_request", "peak_ewma", "ring_hash", "maglev", "sticky",
