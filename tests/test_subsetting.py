@@ -261,6 +261,13 @@ def test_deterministic_subset_table(n: int, size: int, index: int, count: int | 
     assert deterministic_subset(a, index, size, count) == got
 
 
+@pytest.mark.parametrize("index, size, count", [(-1, 3, None), (0, 0, None), (0, 3, 0)])
+def test_deterministic_subset_rejects_bad_arguments(index: int, size: int,
+                                                    count: int | None) -> None:
+    with pytest.raises(ValueError):
+        deterministic_subset(addrs(10), index, size, count)
+
+
 def test_effective_size() -> None:
     assert effective_size(300, 10, None) == 10
     assert effective_size(300, 10, 100) == 10            # 100 x 10 >= 300: covered

@@ -167,8 +167,10 @@ def deterministic_subset(addresses: Iterable[str], client_index: int, subset_siz
                          client_count: int | None = None) -> list[str]:
     """The pure function: client ``client_index``'s subset of ``addresses`` (distinct
     ones; order and repeats of the input do not matter), in its round's order."""
-    if client_index < 0 or subset_size < 1:
-        raise ValueError("client_index must be >= 0 and subset_size >= 1")
+    if client_index < 0 or subset_size < 1 or (client_count is not None and client_count < 1):
+        raise ValueError("client_index must be >= 0, subset_size >= 1 and client_count "
+                         f"(when given) >= 1; got {client_index}, {subset_size}, "
+                         f"{client_count}")
     distinct = sorted(set(addresses))
     size = effective_size(len(distinct), subset_size, client_count)
     orders: dict[int, list[str]] = {}
