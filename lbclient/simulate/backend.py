@@ -455,9 +455,7 @@ class SimHealthFactory:
     def __init__(self, rng: random.Random, scheduler: Scheduler | None = None) -> None:
         self._rng = rng
         self._scheduler = scheduler
-        self.started = 0           # checkers started (health streams opened)
 
     def start(self, handle: Any, config: Any,
               report: Callable[[HealthReport], None]) -> SimChecker:
-        self.started += 1
         return SimChecker(handle.backend, config, report, self._rng, self._scheduler)

@@ -101,12 +101,11 @@ class SimClient:
     for its next picker, and what it last reported per endpoint (picked, fit)."""
 
     def __init__(self, index: int, config: ServiceConfig, options: BalancingOptions,
-                 balancer: Balancer, health: SimHealthFactory) -> None:
+                 balancer: Balancer) -> None:
         self.index = index
         self.config = config
         self.options = options
         self.balancer = balancer
-        self.health = health
         self.pending: list[SimCall] = []
         self.retry_scheduled = False
         self.generation = -1
@@ -176,13 +175,12 @@ class Simulation:
         several clients, each one's connections and checkers batch their events."""
         tag = "" if i == 0 else f":{i}"
         timers = BatchedTimers(self.loop) if self.scenario.clients > 1 else None
-        health = SimHealthFactory(self.rng(f"health{tag}"), timers)
         bal = Balancer(SimConnectionFactory(self.by_name, self.rng(f"connect{tag}"), timers),
                        clock=self.loop, rng=self.rng(f"balancer{tag}"), scheduler=self.loop,
-                       health_factory=health)
+                       health_factory=SimHealthFactory(self.rng(f"health{tag}"), timers))
         if timers is not None:
             timers.bind(bal.batch)
-        return SimClient(i, config, options, bal, health)
+        return SimClient(i, config, options, bal)
 
     # ------------------------------------------------------------------ setup and run
     def run(self) -> None:
