@@ -45,7 +45,7 @@ def test_the_grpc_service_config_option_is_the_service_config(fleet: Fleet) -> N
     with lbclient.insecure_channel(fleet.target,
                                    options=[("grpc.service_config", PICK_FIRST)]) as ch:
         assert ch.service_config is not None and ch.service_config.lb.name == "pick_first"
-        wait_ready(ch, 1)
+        wait_ready(ch, 3)      # pick_first takes the first READY endpoint in list order
         stub = echo_pb2_grpc.EchoStub(ch)
         assert len({stub.Unary(REQ, timeout=5).address for _ in range(9)}) == 1
     # given both ways with the same content: fine; different content: an error

@@ -45,7 +45,7 @@ class ConnectionCounts(NamedTuple):
 
 
 class ConnectionTally:
-    __slots__ = ("_succeeded", "_failed", "_disconnections", "_open", "_opened_in")
+    __slots__ = ("_succeeded", "_failed", "_disconnections", "_open", "_opened_in", "_peak")
 
     def __init__(self) -> None:
         self._succeeded: collections.Counter[str] = collections.Counter()
@@ -55,6 +55,7 @@ class ConnectionTally:
         # address -> the locality its open connection was counted in (an endpoint's
         # attributes may change while it is connected)
         self._opened_in: dict[str, str] = {}
+        self._peak = 0       # its largest size since last compacted (dicts never shrink)
 
     def changed(self, address: str, locality: str, previous: Connectivity,
                 state: Connectivity) -> None:
@@ -63,8 +64,11 @@ class ConnectionTally:
             self._succeeded[locality] += 1
             self._open[locality] += 1
             self._opened_in[address] = locality
+            self._peak = max(self._peak, len(self._opened_in))
         elif previous is Connectivity.READY:
-            opened = self._opened_in.pop(address, locality)
+            opened = self._pop(address)
+            if opened is None:
+                opened = locality
             self._disconnections[opened, UNKNOWN] += 1
             self._open[opened] -= 1
             if state is Connectivity.TRANSIENT_FAILURE:
@@ -74,10 +78,18 @@ class ConnectionTally:
 
     def closed(self, address: str) -> None:
         """lbclient closed an endpoint's connection (the endpoint was removed)."""
-        opened = self._opened_in.pop(address, None)
+        opened = self._pop(address)
         if opened is not None:
             self._disconnections[opened, SHUTDOWN] += 1
             self._open[opened] -= 1
+
+    def _pop(self, address: str) -> str | None:
+        opened = self._opened_in.pop(address, None)
+        if self._peak > 64 and len(self._opened_in) * 4 < self._peak:
+            # after a large shrink of the endpoint set, give the table's memory back
+            self._opened_in = dict(self._opened_in)
+            self._peak = len(self._opened_in)
+        return opened
 
     def snapshot(self) -> ConnectionCounts:
         return ConnectionCounts(dict(self._succeeded), dict(self._failed),
