@@ -40,6 +40,8 @@ class RetryingUnaryCall(RetriedCall):
                  replay: AsyncReplay | None = None, writes: WriteSource | None = None) -> None:
         self._plan = plan
         super().__init__(host, inv)
+        # the call is over (also cancelled): a retry it holds goes back (retry budgets)
+        self._task.add_done_callback(lambda _: plan.ended())
         self._writes = writes
         self._replay = replay
 

@@ -37,6 +37,8 @@ class RetryingStreamCall(RetriedCall):
         self._accounted = False
         self._view: AsyncReplayView | None = None
         super().__init__(host, inv)
+        # driving is over (committed, failed, cancelled): give back a retry still held
+        self._task.add_done_callback(lambda _: plan.ended())
         self._writes = writes
         self._replay = replay
 

@@ -20,7 +20,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ..balancer.balancer import Balancer, EndpointInfo
 from ..balancer.picker import CallOutcome
@@ -29,6 +29,7 @@ from ..errors import ServiceConfigError
 from ..health.events import EndpointEvent
 from ..method_config import MethodConfigTable
 from ..resolver import ResolverState, Target, parse_target, validate_target
+from .budget import retry_gate
 from .context import CallContext
 from .kinds import CallKind
 from .observe import CallObserver, Observers
@@ -161,10 +162,14 @@ class ChannelBase:
         self._balancer.set_health_check(config.health_check)
         self._balancer.set_policy(config.lb.spec, config.lb.config)
         ctx = self._ctx
-        throttling = config.retry_throttling
-        throttle = (RetryThrottle.from_config(throttling, ctx.throttle)
-                    if throttling is not None else None)
-        ctx.set_methods(MethodConfigTable(config.method_configs), throttle,
+        balancer = self._balancer
+        # The retry gate: the "lbclient" block's retryBudget (it wins over
+        # retryThrottling), else A6 throttling, else none. Envoy's budget reads the
+        # channel's attempts in flight (only when a retry is due).
+        gate = retry_gate(config.retry_throttling, config.options.retry_budget, ctx.throttle,
+                          active=lambda: sum(r.stats.in_flight for r in balancer.records()))
+        # (CallContext still types its gate as the A6 bucket; any RetryGate works.)
+        ctx.set_methods(MethodConfigTable(config.method_configs), cast(RetryThrottle, gate),
                         self._balancer.failure_codes)
         self._log.info("service config applied: policy %s", config.lb.name)
 

@@ -11,8 +11,11 @@ The driver feeds it events and carries out the actions it returns, in order:
   failure sends the next hedge at once (``d`` 0), or after exactly the
   ``grpc-retry-pushback-ms`` delay; a "don't retry" pushback stops further hedges.
 
-Hedges past the first are sent only while the channel's retry throttle allows retries
-(non-fatal failures take a token, the winner gives some back); an armed delay never goes
+Hedges past the first are sent only when the channel's retry gate grants them
+(``begin_retry``: A6 while its bucket is above half, a retry budget while it has room;
+non-fatal failures take an A6 token, the winner gives some back; making the plan books
+the call with the gate). A granted hedge is held until it ends, or the call is won, lost
+or cancelled (Envoy's budget counts hedges in flight as retries); an armed delay never goes
 past the call's deadline. Each ``Arm`` replaces the one before; its ``seq`` lets a driver
 whose actions from two events interleave (threads) keep only the newest timer, and the
 plan ignores a stale timer that fired anyway. ``Send(n)`` attempts carry ``n`` previous
@@ -29,7 +32,7 @@ from typing import Any
 
 from ..method_config import HedgingPolicy
 from .metadata import parse_pushback
-from .throttle import RetryThrottle
+from .throttle import RetryGate, RetryHold
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +61,9 @@ Action = Send | Arm | Win | Fail
 
 class HedgePlan:
     __slots__ = ("policy", "throttle", "deadline", "clock", "started", "in_flight",
-                 "done", "no_more", "last_error", "tried", "armed")
+                 "done", "no_more", "last_error", "tried", "armed", "_holds")
 
-    def __init__(self, policy: HedgingPolicy, *, throttle: RetryThrottle | None = None,
+    def __init__(self, policy: HedgingPolicy, *, throttle: RetryGate | None = None,
                  deadline: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy
@@ -74,6 +77,9 @@ class HedgePlan:
         self.last_error: int | None = None
         self.tried: list[str] = []    # endpoints of the attempts, in order
         self.armed = 0                # seq of the newest Arm
+        self._holds: dict[int, RetryHold] = {}   # hedges the gate granted, while live
+        if throttle is not None:
+            throttle.record_call()
 
     @property
     def previous(self) -> int:
@@ -99,7 +105,17 @@ class HedgePlan:
 
     def _finish(self, action: Action) -> list[Action]:
         self.done = True
+        self._release_all()
         return [action]
+
+    def _release(self, n: int) -> None:
+        hold = self._holds.pop(n, None)
+        if hold is not None and self.throttle is not None:
+            self.throttle.end_retry(hold)
+
+    def _release_all(self) -> None:
+        for n in list(self._holds):
+            self._release(n)
 
     # ------------------------------------------------------------------ events
     def start(self) -> list[Action]:
@@ -108,13 +124,17 @@ class HedgePlan:
     def timer_fired(self, seq: int) -> list[Action]:
         if self.done or seq != self.armed or not self._more():
             return []
-        if self.throttle is not None and not self.throttle.allows_retry():
-            self.no_more = True
-            return [] if self.in_flight else self._finish(Fail(self.last_error))
+        if self.throttle is not None:
+            hold = self.throttle.begin_retry()
+            if hold is None:
+                self.no_more = True
+                return [] if self.in_flight else self._finish(Fail(self.last_error))
+            self._holds[self.started] = hold      # the attempt _send is about to number
         return self._send()
 
     def ended(self, n: int, code: str, trailing: Iterable[Any] | None = ()) -> list[Action]:
         self.in_flight.discard(n)
+        self._release(n)
         if self.done:
             return []
         if code == "OK":
@@ -133,5 +153,7 @@ class HedgePlan:
         return [self._arm(delay if delay is not None else 0.0)]
 
     def cancel(self) -> None:
-        """The caller cancelled the call: nothing more is sent."""
+        """The call is over (the caller cancelled it, or the driver is done with it):
+        nothing more is sent, granted hedges are given back."""
         self.done = True
+        self._release_all()

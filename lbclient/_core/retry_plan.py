@@ -10,14 +10,22 @@ call's). The rules, in the order they apply:
   ``perAttemptRecvTimeout`` counts as retryable while the call's deadline is not up);
 * a ``grpc-retry-pushback-ms`` trailer: "don't retry" stops; a delay is used exactly and
   restarts the exponential backoff;
-* the channel's retry throttle: every retryable failure (and every "don't retry"
-  pushback) takes a token, every success gives some back; no retry while it is low;
+* the channel's retry gate (``ctx.throttle``: gRFC A6's token bucket, or a retry budget
+  of :mod:`lbclient._core.budget`): every retryable failure (and every "don't retry"
+  pushback) is reported (A6: takes a token), every success too (A6: gives some back);
+  a retry is sent only if the gate grants it (:meth:`RetryGate.begin_retry`), checked
+  last, so a retry that would not be made for another reason costs nothing;
 * a committed call is not retried (a response stream past its first message, a
   request stream past the replay buffer) - ``committed``/``replayable`` say so;
 * at most ``maxAttempts`` attempts;
 * full-jitter backoff ``random(0, min(initialBackoff * backoffMultiplier**(n-1),
   maxBackoff))`` for the n-th retry, and never a retry whose backoff reaches the call's
   deadline.
+
+A plan is made once per call: making it books the call with the gate
+(``record_call``: Finagle's deposit). A granted retry is held until the next outcome of
+the call's attempts, its commitment or :meth:`RetryPlan.ended` (Envoy's budget counts
+retries in flight); drivers call ``ended()`` when the call is over.
 """
 
 from __future__ import annotations
@@ -29,15 +37,15 @@ from typing import Any
 
 from ..method_config import RetryPolicy
 from .metadata import attempt_metadata, parse_pushback
-from .throttle import RetryThrottle
+from .throttle import RetryGate, RetryHold
 
 
 class RetryPlan:
     __slots__ = ("policy", "deadline", "throttle", "rng", "clock", "attempts", "tried",
-                 "committed", "cut", "_backoff_from")
+                 "_committed", "cut", "_backoff_from", "_hold")
 
     def __init__(self, policy: RetryPolicy, deadline: float | None, *,
-                 throttle: RetryThrottle | None = None, rng: random.Random | None = None,
+                 throttle: RetryGate | None = None, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy
         self.deadline = deadline            # on ``clock``'s time line
@@ -46,9 +54,33 @@ class RetryPlan:
         self.clock = clock
         self.attempts = 0                   # attempts started
         self.tried: list[str] = []          # their endpoints, in order
-        self.committed = False              # e.g. a response stream got its first message
+        self._committed = False             # e.g. a response stream got its first message
         self.cut = False                    # the current attempt has perAttemptRecvTimeout
         self._backoff_from = 0              # the attempt after which backoff restarts
+        self._hold: RetryHold | None = None  # the retry the gate granted, until it ends
+        if throttle is not None:
+            throttle.record_call()
+
+    @property
+    def committed(self) -> bool:
+        return self._committed
+
+    @committed.setter
+    def committed(self, value: bool) -> None:
+        self._committed = value
+        if value:
+            self._release()      # a committed call's retry is over (Envoy: response headers)
+
+    def _release(self) -> None:
+        hold = self._hold
+        if hold is not None:
+            self._hold = None
+            assert self.throttle is not None
+            self.throttle.end_retry(hold)
+
+    def ended(self) -> None:
+        """The call is over: give back a retry it still holds (idempotent)."""
+        self._release()
 
     # ------------------------------------------------------------------ attempts
     def start_attempt(self, metadata: Any) -> Any:
@@ -81,6 +113,7 @@ class RetryPlan:
 
     # ------------------------------------------------------------------ outcomes
     def succeeded(self) -> None:
+        self._release()
         if self.throttle is not None:
             self.throttle.record_success()
 
@@ -89,6 +122,7 @@ class RetryPlan:
         """The backoff (seconds) before the next attempt, or None: the call ends with
         this attempt's error. ``replayable`` False: the request stream can no longer be
         replayed; ``closed``: the channel is closing."""
+        self._release()                     # the attempt that held a retry has ended
         policy = self.policy
         retryable = code in policy.retryable_status_codes or (
             code == "DEADLINE_EXCEEDED" and self.cut
@@ -110,10 +144,15 @@ class RetryPlan:
             delay = self.rng.uniform(0.0, high)
         if self.deadline is not None and self.clock() + delay >= self.deadline:
             return None
+        if self.throttle is not None:
+            self._hold = self.throttle.begin_retry()
+            if self._hold is None:
+                return None
         return delay
 
     def final_outcome(self, code: str, trailing: Iterable[Any] | None = ()) -> None:
         """Book a committed call's outcome with the throttle (it was not retried)."""
+        self._release()
         if code == "OK":
             self.succeeded()
             return

@@ -1,4 +1,6 @@
-"""gRFC A6 retry throttling: one token bucket per channel.
+"""gRFC A6 retry throttling: one token bucket per channel; and :class:`RetryGate`, what
+retry and hedging plans ask before sending another attempt (this bucket, or one of the
+retry budgets of :mod:`lbclient._core.budget`).
 
 Contract (gRFC A6 "Throttling Retry Attempts and Hedged RPCs"): the bucket starts full at
 ``maxTokens``; every failed attempt (a retryable / non-fatal status code, or a pushback
@@ -9,18 +11,56 @@ that says "don't retry") takes one token, every successful attempt gives back
 Tokens are kept in thousandths as integers, as gRPC core does, so ``tokenRatio``'s three
 decimal places add up exactly. Threading: failures take a small lock; successes (the
 per-call path) do not (see :meth:`RetryThrottle.record_success`).
+
+The gate contract (:class:`RetryGate`), as the plans use it: ``record_call()`` once per
+call of a method with a retry or hedging policy, ``record_success()`` per successful
+attempt, ``record_failure()`` per attempt failing with a retryable (non-fatal) code or a
+"don't retry" pushback; ``begin_retry()`` just before a retry or a hedge past the first is
+sent (None: refused), and ``end_retry(hold)`` once that attempt has ended (or the call
+committed or ended). The per-call methods (``record_call``, ``record_success``) take no
+lock; the others run only when an attempt failed or a hedge is due.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import Protocol
 
 from ..method_config import RetryThrottling
 
 _MILLI = 1000
 
 
+class RetryHold:
+    """A retry (or hedge) the gate let through, until :meth:`RetryGate.end_retry`. Gates
+    that count retries in flight (Envoy's budget) keep each hold only weakly, so a call
+    dropped without ending its retry gives the slot back when it is collected."""
+
+    __slots__ = ("__weakref__",)
+
+
+HELD = RetryHold()          # what gates that don't count retries in flight hand out
+
+
+class RetryGate(Protocol):
+    """The channel's retry gate (see the module docstring for when each is called)."""
+
+    def record_call(self) -> None: ...
+
+    def record_success(self) -> None: ...
+
+    def record_failure(self) -> bool: ...
+
+    def allows_retry(self) -> bool: ...
+
+    def begin_retry(self) -> RetryHold | None: ...
+
+    def end_retry(self, hold: RetryHold) -> None: ...
+
+
 class RetryThrottle:
+    """gRFC A6 ``retryThrottling`` (a :class:`RetryGate`)."""
+
     __slots__ = ("_lock", "_max", "_ratio", "_tokens")
 
     def __init__(self, max_tokens: int, token_ratio: float,
@@ -78,6 +118,17 @@ class RetryThrottle:
         """True while the count is above ``maxTokens / 2``."""
         with self._lock:
             return self._tokens * 2 > self._max
+
+    def record_call(self) -> None:
+        """Calls don't move A6 tokens (only attempt outcomes do)."""
+
+    def begin_retry(self) -> RetryHold | None:
+        """A retry or hedge may go while the count is above ``maxTokens / 2`` (the token
+        for the failure before it was already taken by :meth:`record_failure`)."""
+        return HELD if self.allows_retry() else None
+
+    def end_retry(self, hold: RetryHold) -> None:
+        """A6 does not count retries in flight."""
 
     def __repr__(self) -> str:
         return (f"RetryThrottle(tokens={self.tokens:g}/{self.max_tokens}, "

@@ -212,6 +212,8 @@ class RetryingFuture(CallFuture):
         self._cancel_pending: Callable[[], Any] | None = None
         if replay is not None:
             self.add_callback(replay.release)
+        if plan is not None:              # the call is over: a retry it holds goes back
+            self.add_callback(plan.ended)   # (retry budgets), also when cancelled
 
     def start(self) -> RetryingFuture:
         """Start the first attempt (or queue it for an endpoint) and return at once."""

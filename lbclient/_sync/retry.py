@@ -107,7 +107,8 @@ def blocking_unary(host: Placement, site: CallSite, config: MethodConfig, reques
         return _retry(host, inv, plan, None, exc, with_call)
     throttle = host.ctx.throttle
     if throttle is not None:
-        throttle.record_success()
+        throttle.record_call()             # the call (retry budgets count calls; the
+        throttle.record_success()          # failure path's RetryPlan books it instead)
     return response, call
 
 
@@ -150,6 +151,7 @@ def _retry(host: Placement, inv: Invocation, plan: RetryPlan, replay: SyncReplay
             plan.succeeded()
             return response, with_attempts(call, plan.previous)
     finally:
+        plan.ended()                       # give back a retry still held (retry budgets)
         if replay is not None:
             replay.release()
 

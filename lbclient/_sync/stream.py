@@ -210,6 +210,8 @@ class ResponseStream(grpc.RpcError, grpc.Call, FutureBase):
         self._mark_final()
 
     def _mark_final(self) -> None:
+        if self._plan is not None:     # no more retries: give back one it holds (budgets)
+            self._plan.ended()
         if self._final:
             return
         self._final = True
