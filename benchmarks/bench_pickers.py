@@ -87,7 +87,8 @@ def pick_cost(name: str, n: int, budget: float) -> float:
         batches.append(dt / batch * 1e6)
         if name == "least_connections":
             for c in cands:
-                c.stats.in_flight = 0
+                while c.stats.in_flight:
+                    c.stats.discard()
         if dt < budget / 20:
             batch = min(batch * 2, 65536)
         if len(batches) >= 5 and time.perf_counter() >= deadline:
