@@ -122,4 +122,4 @@ class AioHealthCheckerFactory:
         self._rng = rng or random.Random()
 
     def start(self, handle: Any, config: Any, report: Report) -> AioChecker:
-        return AioChecker(handle.channel, config, report, self._rng)
+        return AioChecker(handle.raw, config, report, self._rng)

@@ -26,6 +26,7 @@ from .._core.kinds import CallSite
 from .._core.transport import TO_LBCLIENT, grpc_target
 from ..connectivity import Connectivity
 from ..endpoint import Endpoint
+from .intercept import raw_view, tag_spans
 
 _DIAGNOSE = "/lbclient.diagnostics.v1.Connection/LastError"
 
@@ -45,7 +46,10 @@ class AioSubchannel:
             self.channel = grpc.aio.insecure_channel(target, **kwargs)
         else:
             self.channel = grpc.aio.secure_channel(target, factory.credentials, **kwargs)
-        self.raw = self.channel           # what health checks use
+        # Health probes and the connection-error probe: the same connection, none of the
+        # channel's interceptors (the user's, an instrumentation's); see .intercept.
+        self.raw = raw_view(self.channel)
+        tag_spans(self.channel, endpoint.address)
         self.calls: dict[CallSite, Any] = {}
         self._on_state = on_state
         self._closed = False
@@ -71,7 +75,7 @@ class AioSubchannel:
             self._diagnosis = asyncio.get_running_loop().create_task(self._diagnosed())
 
     async def _diagnosed(self) -> None:
-        probe: Any = self.channel.unary_unary(_DIAGNOSE)    # bytes in, bytes out
+        probe: Any = self.raw.unary_unary(_DIAGNOSE)    # bytes in, bytes out
         try:
             await probe(b"", timeout=0.5, wait_for_ready=False)
         except grpc.aio.AioRpcError as exc:
