@@ -54,6 +54,8 @@ def test_rate_budget_caps_a_retry_storm(fleet: Fleet) -> None:
         assert isinstance(budget, RateRetryBudget)    # retryBudget wins over throttling
         assert calls + 28 <= attempts <= calls + 10 + 0.2 * calls
         assert budget.granted == attempts - calls
+        assert ch.retries_granted == attempts - calls     # the channel's public counts
+        assert ch.retries_refused >= calls - (attempts - calls) / 4
 
 
 def test_concurrency_budget_caps_retries_in_flight_in_a_storm(fleet: Fleet) -> None:

@@ -14,7 +14,7 @@ from lbclient import ServiceConfigError
 from lbclient._core.budget import ConcurrencyRetryBudget, RateRetryBudget, retry_gate
 from lbclient._core.hedging import Arm, Fail, HedgePlan, Send, Win
 from lbclient._core.retry_plan import RetryPlan
-from lbclient._core.throttle import RetryThrottle
+from lbclient._core.throttle import RetryCounts, RetryThrottle
 from lbclient.config import parse_service_config
 from lbclient.health.options import (
     ConcurrencyBudgetConfig,
@@ -126,6 +126,24 @@ def test_retry_budget_wins_over_retry_throttling_and_is_kept_while_unchanged() -
     assert isinstance(a6, RetryThrottle) and a6.tokens == 10
     assert retry_gate(throttling, None, a6, Active()) is a6
     assert retry_gate(None, None, a6, Active()) is None
+
+
+def test_gates_that_replace_each_other_count_in_the_channels_counts() -> None:
+    counts = RetryCounts()
+    gates: list[Any] = []
+    previous = None
+    for throttling, budget in [(RetryThrottling(10, 0.1), None),
+                               (None, RateBudgetConfig(10.0, 1, 0.2)),
+                               (None, ConcurrencyBudgetConfig(0.0, 1)),
+                               (RetryThrottling(20, 0.1), None)]:
+        previous = retry_gate(throttling, budget, previous, Active(), counts)
+        gates.append(previous)
+        assert previous is not None and previous.counts is counts
+        assert previous.begin_retry() is not None
+    assert (counts.granted, counts.refused) == (4, 0)
+    # without the channel's counts, a new gate goes on counting in the previous one's
+    a6 = retry_gate(RetryThrottling(30, 0.1), None, gates[-1], Active())
+    assert a6 is not None and a6.counts is counts
 
 
 # ------------------------------------------------------------------------ Envoy's budget
@@ -296,6 +314,9 @@ def test_a6_throttle_is_unchanged_behind_the_gate_interface() -> None:
     # later failure is the call's last
     assert attempts == [5, 1, 1, 1, 1, 1]
     assert throttle.tokens == 0
+    # asked last, the gate decided 9 times: 4 retries of the first call, then one refusal
+    # per later call (the first call's 5th failure hit maxAttempts: no question asked)
+    assert (throttle.granted, throttle.refused) == (4, 5)
 
 
 # ------------------------------------------------------------------------ hedging plans
@@ -336,3 +357,16 @@ def test_hedging_with_an_empty_rate_budget_sends_the_first_attempt_only() -> Non
     h.start()
     assert h.timer_fired(h.armed) == []
     assert h.ended(0, "UNAVAILABLE") == [Fail(0)]
+
+
+def test_a6_refuses_a_hedge_when_it_is_due_and_counts_it() -> None:
+    throttle = RetryThrottle(4, 0.1)
+    h = HedgePlan(HEDGE, throttle=throttle, deadline=None, clock=Clock())
+    h.start()
+    assert h.timer_fired(h.armed)[0] == Send(1)        # 4 tokens: above half
+    assert h.ended(0, "UNAVAILABLE") == [Arm(0.0, h.armed)]   # 3 tokens: the next at once
+    assert h.timer_fired(h.armed)[0] == Send(2)
+    assert h.ended(1, "UNAVAILABLE") == [Arm(0.0, h.armed)]   # 2 tokens: at half
+    assert h.timer_fired(h.armed) == [] and h.no_more   # refused; attempt 2 still runs
+    assert h.ended(2, "UNAVAILABLE") == [Fail(2)]
+    assert (throttle.granted, throttle.refused) == (2, 1)

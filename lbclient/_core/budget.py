@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 from ..health.options import ConcurrencyBudgetConfig, RateBudgetConfig, RetryBudgetConfig
 from ..method_config import RetryThrottling
-from .throttle import HELD, RetryGate, RetryHold, RetryThrottle
+from .throttle import HELD, RetryCounts, RetryGate, RetryHold, RetryThrottle
 
 _SLOTS = 10            # the rate budget's window: ten slots of ttl / 10 (as Finagle's)
 _EPSILON = 1e-9
@@ -44,11 +44,11 @@ class ConcurrencyRetryBudget:
     """Envoy's ``retry_budget`` (``budgetPercent``, ``minRetryConcurrency``)."""
 
     __slots__ = ("config", "_active", "_clock", "_refresh", "_seen", "_lock", "_held",
-                 "_granted", "_refused")
+                 "counts")
 
     def __init__(self, config: ConcurrencyBudgetConfig, active: Callable[[], int], *,
                  clock: Callable[[], float] = time.monotonic,
-                 refresh: float = 0.001) -> None:
+                 refresh: float = 0.001, counts: RetryCounts | None = None) -> None:
         self.config = config
         self._active = active           # attempts in flight on the channel
         self._clock = clock
@@ -57,8 +57,7 @@ class ConcurrencyRetryBudget:
         self._lock = threading.Lock()
         # The retries in flight; a dropped call's hold leaves with it (see RetryHold).
         self._held: weakref.WeakSet[RetryHold] = weakref.WeakSet()
-        self._granted = 0
-        self._refused = 0
+        self.counts = counts if counts is not None else RetryCounts()
 
     def limit(self) -> int:
         """Retries allowed in flight now (Envoy truncates the percentage, as here)."""
@@ -77,11 +76,11 @@ class ConcurrencyRetryBudget:
 
     @property
     def granted(self) -> int:
-        return self._granted
+        return self.counts.granted
 
     @property
     def refused(self) -> int:
-        return self._refused
+        return self.counts.refused
 
     def record_call(self) -> None:
         """Calls are counted by the channel (its attempts in flight), not here."""
@@ -99,11 +98,11 @@ class ConcurrencyRetryBudget:
         limit = self.limit()          # outside the lock: it may read the balancer
         with self._lock:
             if len(self._held) >= limit:
-                self._refused += 1
+                self.counts.refused += 1
                 return None
             hold = RetryHold()
             self._held.add(hold)
-            self._granted += 1
+            self.counts.granted += 1
             return hold
 
     def end_retry(self, hold: RetryHold) -> None:
@@ -120,10 +119,11 @@ class RateRetryBudget:
     """Finagle's ``RetryBudget`` (``ttl``, ``minRetriesPerSec``, ``percentCanRetry``)."""
 
     __slots__ = ("config", "_clock", "_rate", "_index", "_calls", "_retries", "_reserve",
-                 "_ratio", "_lock", "_granted", "_refused")
+                 "_ratio", "_lock", "counts")
 
     def __init__(self, config: RateBudgetConfig, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 counts: RetryCounts | None = None) -> None:
         self.config = config
         self._clock = clock
         self._rate = _SLOTS / config.ttl                # slot numbers per second
@@ -133,8 +133,7 @@ class RateRetryBudget:
         self._reserve = config.min_retries_per_sec * config.ttl
         self._ratio = config.percent_can_retry
         self._lock = threading.Lock()
-        self._granted = 0
-        self._refused = 0
+        self.counts = counts if counts is not None else RetryCounts()
 
     def _advance(self, index: int) -> None:
         """Move to slot ``index``, emptying the slots that expired on the way."""
@@ -159,11 +158,11 @@ class RateRetryBudget:
 
     @property
     def granted(self) -> int:
-        return self._granted
+        return self.counts.granted
 
     @property
     def refused(self) -> int:
-        return self._refused
+        return self.counts.refused
 
     def record_call(self) -> None:
         """A deposit (no lock: see the module docstring)."""
@@ -185,10 +184,10 @@ class RateRetryBudget:
         self._advance(int(self._clock() * self._rate))
         with self._lock:
             if self._balance_locked() < 1.0 - _EPSILON:
-                self._refused += 1
+                self.counts.refused += 1
                 return None
             self._retries[self._index % _SLOTS] += 1
-            self._granted += 1
+            self.counts.granted += 1
         return HELD
 
     def end_retry(self, hold: RetryHold) -> None:
@@ -202,21 +201,26 @@ class RateRetryBudget:
 
 
 def retry_gate(throttling: RetryThrottling | None, budget: RetryBudgetConfig | None,
-               previous: RetryGate | None, active: Callable[[], int]) -> RetryGate | None:
+               previous: RetryGate | None, active: Callable[[], int],
+               counts: RetryCounts | None = None) -> RetryGate | None:
     """The channel's retry gate for a (new) service config: the ``"lbclient"`` block's
     ``retryBudget`` when there is one - it wins over ``retryThrottling``, which grpcio
     (ignoring the block) goes on using - else the A6 bucket of ``retryThrottling``, else
     None. A gate whose parameters did not change is kept as it is (an A6 bucket with new
-    ones keeps its fill ratio). ``active()``: attempts in flight on the channel."""
+    ones keeps its fill ratio); a new gate counts its decisions in ``counts`` (default:
+    the previous gate's :class:`RetryCounts`). ``active()``: attempts in flight on the
+    channel."""
+    if counts is None and previous is not None:
+        counts = previous.counts
     if isinstance(budget, ConcurrencyBudgetConfig):
         if isinstance(previous, ConcurrencyRetryBudget) and previous.config == budget:
             return previous
-        return ConcurrencyRetryBudget(budget, active)
+        return ConcurrencyRetryBudget(budget, active, counts=counts)
     if isinstance(budget, RateBudgetConfig):
         if isinstance(previous, RateRetryBudget) and previous.config == budget:
             return previous
-        return RateRetryBudget(budget)
+        return RateRetryBudget(budget, counts=counts)
     if throttling is not None:
         return RetryThrottle.from_config(
-            throttling, previous if isinstance(previous, RetryThrottle) else None)
+            throttling, previous if isinstance(previous, RetryThrottle) else None, counts)
     return None

@@ -20,7 +20,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 from ..balancer.balancer import Balancer, EndpointInfo
 from ..balancer.picker import CallOutcome
@@ -33,7 +33,6 @@ from .budget import retry_gate
 from .context import CallContext
 from .kinds import CallKind
 from .observe import CallObserver, Observers
-from .throttle import RetryThrottle
 
 ServiceConfigInput = str | bytes | Mapping[str, Any] | None
 ResolverListener = Callable[[ResolverState | None, Exception | None], None]
@@ -167,9 +166,9 @@ class ChannelBase:
         # retryThrottling), else A6 throttling, else none. Envoy's budget reads the
         # channel's attempts in flight (only when a retry is due).
         gate = retry_gate(config.retry_throttling, config.options.retry_budget, ctx.throttle,
-                          active=lambda: sum(r.stats.in_flight for r in balancer.records()))
-        # (CallContext still types its gate as the A6 bucket; any RetryGate works.)
-        ctx.set_methods(MethodConfigTable(config.method_configs), cast(RetryThrottle, gate),
+                          active=lambda: sum(r.stats.in_flight for r in balancer.records()),
+                          counts=ctx.retry_counts)
+        ctx.set_methods(MethodConfigTable(config.method_configs), gate,
                         self._balancer.failure_codes)
         self._log.info("service config applied: policy %s", config.lb.name)
 
@@ -236,6 +235,19 @@ class ChannelBase:
         ``"lbclient"`` block's circuit breaker; per endpoint, ``EndpointInfo.overflows``
         counts the picks that skipped a full endpoint)."""
         return self._balancer.breaker.rejected
+
+    @property
+    def retries_granted(self) -> int:
+        """Retries and hedges (past the first attempt) the channel's retry gate - the
+        ``"lbclient"`` block's ``retryBudget``, else ``retryThrottling`` - let through,
+        since the channel was created (0 without a gate)."""
+        return self._ctx.retry_counts.granted
+
+    @property
+    def retries_refused(self) -> int:
+        """Retries and hedges the retry gate refused (each such call ended with the
+        failed attempt's error instead, or waited for the hedges already sent)."""
+        return self._ctx.retry_counts.refused
 
     # ------------------------------------------------------------ call listeners
     def add_call_listener(self, fn: CallListener) -> None:

@@ -19,14 +19,15 @@ from ..method_config import MethodConfig, MethodConfigTable
 from .kinds import CallKind, CallSite, SiteTable
 from .observe import Observers
 from .replay import ReplayBudget
-from .throttle import RetryThrottle
+from .throttle import RetryCounts, RetryGate
 
 CallListener = Callable[[str, CallOutcome], None]
 
 
 class CallContext:
     __slots__ = ("balancer", "closed", "generation", "methods", "failure_codes",
-                 "call_listener", "observer", "throttle", "replay_budget", "rng", "sites")
+                 "call_listener", "observer", "throttle", "retry_counts", "replay_budget",
+                 "rng", "sites")
 
     def __init__(self, balancer: Balancer) -> None:
         self.balancer = balancer
@@ -39,7 +40,9 @@ class CallContext:
         self.call_listener: CallListener | None = None
         # Per-call telemetry (lbclient._core.observe), or None (then nothing is measured).
         self.observer: Observers | None = None
-        self.throttle: RetryThrottle | None = None      # gRFC A6 retryThrottling
+        # The retry gate: gRFC A6 retryThrottling or a retry budget (lbclient._core.budget)
+        self.throttle: RetryGate | None = None
+        self.retry_counts = RetryCounts()               # every gate's decisions, in total
         self.replay_budget = ReplayBudget()             # every call's replay buffers
         self.rng = random.Random()                       # retry backoff jitter
         self.sites = SiteTable()
@@ -57,9 +60,9 @@ class CallContext:
         config: MethodConfig | None = site.config
         return config
 
-    def set_methods(self, methods: MethodConfigTable, throttle: RetryThrottle | None,
+    def set_methods(self, methods: MethodConfigTable, throttle: RetryGate | None,
                     failure_codes: frozenset[str]) -> None:
-        """A new service config's method table, throttle and failure codes."""
+        """A new service config's method table, retry gate and failure codes."""
         self.methods = methods
         self.throttle = throttle
         self.failure_codes = failure_codes

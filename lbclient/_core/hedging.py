@@ -11,8 +11,9 @@ The driver feeds it events and carries out the actions it returns, in order:
   failure sends the next hedge at once (``d`` 0), or after exactly the
   ``grpc-retry-pushback-ms`` delay; a "don't retry" pushback stops further hedges.
 
-Hedges past the first are sent only when the channel's retry gate grants them
-(``begin_retry``: A6 while its bucket is above half, a retry budget while it has room;
+Hedges past the first are sent only when the channel's retry gate grants them, asked
+when each is due (``begin_retry``: A6 while its bucket is above half, a retry budget
+while it has room;
 non-fatal failures take an A6 token, the winner gives some back; making the plan books
 the call with the gate). A granted hedge is held until it ends, or the call is won, lost
 or cancelled (Envoy's budget counts hedges in flight as retries); an armed delay never goes
@@ -144,9 +145,10 @@ class HedgePlan:
         if code not in self.policy.non_fatal_status_codes:
             return self._finish(Fail(n))
         stop, delay = parse_pushback(trailing)
-        allowed = self.throttle.record_failure() if self.throttle is not None else True
+        if self.throttle is not None:
+            self.throttle.record_failure()   # A6: a token; the next hedge asks begin_retry
         self.last_error = n
-        if stop or not allowed:
+        if stop:
             self.no_more = True
         if not self._more():
             return [] if self.in_flight else self._finish(Fail(n))

@@ -13,8 +13,9 @@ call's). The rules, in the order they apply:
 * the channel's retry gate (``ctx.throttle``: gRFC A6's token bucket, or a retry budget
   of :mod:`lbclient._core.budget`): every retryable failure (and every "don't retry"
   pushback) is reported (A6: takes a token), every success too (A6: gives some back);
-  a retry is sent only if the gate grants it (:meth:`RetryGate.begin_retry`), checked
-  last, so a retry that would not be made for another reason costs nothing;
+  a retry is sent only if the gate grants it (:meth:`RetryGate.begin_retry`; A6: while
+  the bucket is above half), checked last, so a retry that would not be made for another
+  reason costs nothing and each one the gate decides on is counted once;
 * a committed call is not retried (a response stream past its first message, a
   request stream past the replay buffer) - ``committed``/``replayable`` say so;
 * at most ``maxAttempts`` attempts;
@@ -130,8 +131,9 @@ class RetryPlan:
         stop, pushback = parse_pushback(trailing)
         if not retryable and not stop:
             return None
-        allowed = self.throttle.record_failure() if self.throttle is not None else True
-        if stop or not retryable or not allowed or self.committed or closed \
+        if self.throttle is not None:
+            self.throttle.record_failure()  # A6: a token (whether retries may go: below)
+        if stop or not retryable or self.committed or closed \
                 or not replayable or self.attempts >= policy.max_attempts:
             return None
         if pushback is not None:
@@ -144,7 +146,7 @@ class RetryPlan:
             delay = self.rng.uniform(0.0, high)
         if self.deadline is not None and self.clock() + delay >= self.deadline:
             return None
-        if self.throttle is not None:
+        if self.throttle is not None:       # last: the gate counts what it decides
             self._hold = self.throttle.begin_retry()
             if self._hold is None:
                 return None

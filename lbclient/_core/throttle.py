@@ -18,7 +18,9 @@ attempt, ``record_failure()`` per attempt failing with a retryable (non-fatal) c
 "don't retry" pushback; ``begin_retry()`` just before a retry or a hedge past the first is
 sent (None: refused), and ``end_retry(hold)`` once that attempt has ended (or the call
 committed or ended). The per-call methods (``record_call``, ``record_success``) take no
-lock; the others run only when an attempt failed or a hedge is due.
+lock; the others run only when an attempt failed or a hedge is due. Plans ask
+``begin_retry`` last, after every other reason not to retry, so every retry and hedge the
+gate decides on is counted once in its :class:`RetryCounts` (``granted`` / ``refused``).
 """
 
 from __future__ import annotations
@@ -42,8 +44,25 @@ class RetryHold:
 HELD = RetryHold()          # what gates that don't count retries in flight hand out
 
 
+class RetryCounts:
+    """Retries (and hedges past the first) a channel's gate granted and refused. A gate
+    that replaces another (a new service config) goes on counting in the same object, so
+    the channel's totals only grow. Written under the gate's lock."""
+
+    __slots__ = ("granted", "refused")
+
+    def __init__(self) -> None:
+        self.granted = 0
+        self.refused = 0
+
+    def __repr__(self) -> str:
+        return f"RetryCounts(granted={self.granted}, refused={self.refused})"
+
+
 class RetryGate(Protocol):
     """The channel's retry gate (see the module docstring for when each is called)."""
+
+    counts: RetryCounts
 
     def record_call(self) -> None: ...
 
@@ -61,10 +80,10 @@ class RetryGate(Protocol):
 class RetryThrottle:
     """gRFC A6 ``retryThrottling`` (a :class:`RetryGate`)."""
 
-    __slots__ = ("_lock", "_max", "_ratio", "_tokens")
+    __slots__ = ("_lock", "_max", "_ratio", "_tokens", "counts")
 
     def __init__(self, max_tokens: int, token_ratio: float,
-                 tokens: float | None = None) -> None:
+                 tokens: float | None = None, counts: RetryCounts | None = None) -> None:
         if max_tokens <= 0 or token_ratio <= 0:
             raise ValueError("max_tokens and token_ratio must be greater than 0")
         self._lock = threading.Lock()
@@ -72,20 +91,23 @@ class RetryThrottle:
         self._ratio = int(round(token_ratio * _MILLI, 6))
         start = self._max if tokens is None else int(round(tokens * _MILLI))
         self._tokens = min(max(start, 0), self._max)
+        self.counts = counts if counts is not None else RetryCounts()
 
     @classmethod
-    def from_config(cls, config: RetryThrottling,
-                    previous: RetryThrottle | None = None) -> RetryThrottle:
+    def from_config(cls, config: RetryThrottling, previous: RetryThrottle | None = None,
+                    counts: RetryCounts | None = None) -> RetryThrottle:
         """The bucket for a (new) service config. With the same parameters the previous
         bucket is kept as it is; with new ones its fill ratio carries over, as gRPC core
-        does when a resolver updates ``retryThrottling``."""
+        does when a resolver updates ``retryThrottling``. ``counts``: go on counting there
+        (default: the previous bucket's)."""
         if previous is not None:
             if (previous.max_tokens, previous.token_ratio) == (config.max_tokens,
                                                                config.token_ratio):
                 return previous
             fill = previous.tokens / previous.max_tokens
-            return cls(config.max_tokens, config.token_ratio, fill * config.max_tokens)
-        return cls(config.max_tokens, config.token_ratio)
+            return cls(config.max_tokens, config.token_ratio, fill * config.max_tokens,
+                       counts if counts is not None else previous.counts)
+        return cls(config.max_tokens, config.token_ratio, counts=counts)
 
     @property
     def max_tokens(self) -> int:
@@ -99,6 +121,14 @@ class RetryThrottle:
     def tokens(self) -> float:
         with self._lock:
             return self._tokens / _MILLI
+
+    @property
+    def granted(self) -> int:
+        return self.counts.granted
+
+    @property
+    def refused(self) -> int:
+        return self.counts.refused
 
     def record_success(self) -> None:
         """A successful attempt gives back ``tokenRatio``. No lock: every successful
@@ -125,7 +155,12 @@ class RetryThrottle:
     def begin_retry(self) -> RetryHold | None:
         """A retry or hedge may go while the count is above ``maxTokens / 2`` (the token
         for the failure before it was already taken by :meth:`record_failure`)."""
-        return HELD if self.allows_retry() else None
+        with self._lock:
+            if self._tokens * 2 > self._max:
+                self.counts.granted += 1
+                return HELD
+            self.counts.refused += 1
+            return None
 
     def end_retry(self, hold: RetryHold) -> None:
         """A6 does not count retries in flight."""
