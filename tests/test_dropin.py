@@ -163,6 +163,31 @@ def test_channel_compression_applies_to_every_endpoint(proxies: list[CountingPro
     assert all(n < 20_000 for n in sent["gzip"]), sent        # every endpoint compressed
 
 
+def test_aio_channel_compression_applies_to_every_endpoint(
+        proxies: list[CountingProxy]) -> None:
+    target = "ipv4:" + ",".join(p.address for p in proxies)
+    big = echo_pb2.EchoRequest(message="z", payload=bytes(200_000))   # very compressible
+    sent: dict[str, list[int]] = {}
+
+    async def measure(name: str, compression: grpc.Compression | None) -> None:
+        async with lbclient.aio.insecure_channel(target, compression=compression) as ch:
+            ch.get_state(try_to_connect=True)
+            for _ in range(1000):
+                if sum(e.connectivity == "READY" for e in ch.endpoints()) == 3:
+                    break
+                await asyncio.sleep(0.01)
+            before = [p.sent for p in proxies]
+            stub = echo_pb2_grpc.EchoStub(ch)
+            for _ in range(6):                 # round robin: two calls per endpoint
+                await stub.Unary(big, timeout=10)
+            sent[name] = [p.sent - b for p, b in zip(proxies, before, strict=True)]
+
+    for name, compression in (("none", None), ("gzip", grpc.Compression.Gzip)):
+        asyncio.run(asyncio.wait_for(measure(name, compression), 30))
+    assert all(n > 2 * 200_000 for n in sent["none"]), sent
+    assert all(n < 20_000 for n in sent["gzip"]), sent        # every endpoint compressed
+
+
 # ------------------------------------------------------------------ never blocking the caller
 def test_future_and_streams_return_at_once_while_no_endpoint_can_take_them() -> None:
     unused = socket.socket()
@@ -184,6 +209,90 @@ def test_future_and_streams_return_at_once_while_no_endpoint_can_take_them() -> 
         with pytest.raises(grpc.RpcError) as info:
             list(stream)
         assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def _unused_port() -> int:
+    unused = socket.socket()
+    unused.bind(("127.0.0.1", 0))
+    port = unused.getsockname()[1]
+    unused.close()                                      # nothing listens: never READY
+    return port
+
+
+_RETRY = {"maxAttempts": 3, "initialBackoff": "0.01s", "maxBackoff": "0.05s",
+          "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}
+_HEDGE = {"maxAttempts": 3, "hedgingDelay": "0.05s", "nonFatalStatusCodes": ["UNAVAILABLE"]}
+# method config -> wait_for_ready given by the caller (None: the config's waitForReady)
+WAITING_CONFIGS = {
+    "waitForReady": ({"waitForReady": True}, None),
+    "retryPolicy+waitForReady": ({"waitForReady": True, "retryPolicy": _RETRY}, None),
+    "hedgingPolicy+waitForReady": ({"waitForReady": True, "hedgingPolicy": _HEDGE}, None),
+    "retryPolicy, wait_for_ready=True": ({"retryPolicy": _RETRY}, True),
+    "hedgingPolicy, wait_for_ready=True": ({"hedgingPolicy": _HEDGE}, True),
+}
+
+
+def _waiting_config(method: dict[str, Any]) -> dict[str, Any]:
+    return {"methodConfig": [{"name": [{"service": "lbclient.testing.echo.v1.Echo"}],
+                              **method}]}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", list(WAITING_CONFIGS))
+def test_future_and_streams_return_at_once_with_a_waiting_method_config(name: str) -> None:
+    """waitForReady from the method config (or the caller) with a retry or hedging
+    policy: still queued, not waited for on the caller's thread, ended by the deadline."""
+    method, wait_for_ready = WAITING_CONFIGS[name]
+    config = _waiting_config(method)
+    with lbclient.insecure_channel(f"ipv4:127.0.0.1:{_unused_port()}",
+                                   service_config=config) as ch:
+        stub = echo_pb2_grpc.EchoStub(ch)
+        t0 = time.monotonic()
+        future = stub.Unary.future(REQ, timeout=1.5, wait_for_ready=wait_for_ready)
+        stream = stub.ServerStream(REQ, timeout=1.5, wait_for_ready=wait_for_ready)
+        client = stub.ClientStream.future(iter([REQ, REQ]), timeout=1.5,
+                                          wait_for_ready=wait_for_ready)
+        assert time.monotonic() - t0 < 0.2              # none waited for an endpoint
+        assert not future.done() and not client.done()
+        for pending in (future, client):
+            with pytest.raises(grpc.RpcError) as info:
+                pending.result(timeout=5)
+            assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED, name
+        with pytest.raises(grpc.RpcError) as info:
+            list(stream)
+        assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED, name
+        elapsed = time.monotonic() - t0
+        assert 1.5 - 0.1 <= elapsed < 1.5 + 0.5, elapsed     # ended by the deadline
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", list(WAITING_CONFIGS))
+def test_aio_calls_with_a_waiting_method_config_end_by_their_deadline(name: str) -> None:
+    method, wait_for_ready = WAITING_CONFIGS[name]
+    config = _waiting_config(method)
+
+    async def body() -> None:
+        async with lbclient.aio.insecure_channel(f"ipv4:127.0.0.1:{_unused_port()}",
+                                                 service_config=config) as ch:
+            stub = echo_pb2_grpc.EchoStub(ch)
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            unary = stub.Unary(REQ, timeout=1.5, wait_for_ready=wait_for_ready)
+            stream = stub.ServerStream(REQ, timeout=1.5, wait_for_ready=wait_for_ready)
+            assert isinstance(unary, grpc.aio.UnaryUnaryCall)
+            assert isinstance(stream, grpc.aio.UnaryStreamCall)
+            await asyncio.sleep(0.3)
+            assert not unary.done() and not stream.done()   # queued, not failed
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await unary
+            assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED, name
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                async for _ in stream:
+                    pass
+            assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED, name
+            assert 1.5 - 0.1 <= loop.time() - t0 < 1.5 + 0.5
+
+    asyncio.run(asyncio.wait_for(body(), 30))
 
 
 def test_a_queued_future_is_placed_when_an_endpoint_comes_up(fleet_factory: Any) -> None:
