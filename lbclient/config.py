@@ -7,7 +7,9 @@ Accepts gRPC's service config (a dict or a JSON string). Every error is a
 Unknown top-level fields are ignored (gRPC's rule, so configs written for newer clients
 still work), with one WARNING on the ``lbclient.config`` logger per parsed config naming
 them and the nearest known field, since a misspelled ``loadBalancingconfig`` silently
-means round_robin otherwise. ``lbclient check-config`` rejects them instead.
+means round_robin otherwise (a channel parses a resolver's config again only when its
+content changes, so that is once per distinct config). ``lbclient check-config`` rejects
+them instead.
 """
 
 from __future__ import annotations

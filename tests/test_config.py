@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import pathlib
 from typing import Any
 
 import pytest
+from helpers import wait_until
 
 import lbclient
 from lbclient import ServiceConfigError, config
@@ -232,3 +234,48 @@ def test_channel_ignores_unknown_fields_with_one_warning(
             channel.close()
     (line,) = _config_warnings(caplog)
     assert 'did you mean "loadBalancingConfig"?' in line
+
+
+def test_a_resolvers_config_is_parsed_and_logged_once_per_distinct_content(
+        caplog: pytest.LogCaptureFixture, tmp_path: pathlib.Path) -> None:
+    """The file resolver sends its config with every update: the unknown-field warning
+    (and the warning for a bad config) comes once per distinct config, not per update."""
+    path = tmp_path / "endpoints.json"
+    misspelled = {"loadBalancingconfig": [{"pick_first": {}}]}
+
+    def write(addresses: list[str], service_config: Any) -> None:
+        doc = {"endpoints": [{"address": a} for a in addresses],
+               "serviceConfig": service_config}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(path)
+
+    def addresses(ch: lbclient.LoadBalancedChannel) -> list[str]:
+        return sorted(e.address for e in ch.endpoints())
+
+    def channel_warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.name == "lbclient.channel" and r.levelno == logging.WARNING]
+
+    write(["127.0.0.1:1"], misspelled)
+    with caplog.at_level(logging.WARNING, logger="lbclient"), lbclient.insecure_channel(
+            f"file://{path}", resolver_options={"poll_interval": 0.02}) as ch:
+        wait_until(lambda: addresses(ch) == ["127.0.0.1:1"], 10, message="the first list")
+        for listed in (["127.0.0.1:1", "127.0.0.1:2"], ["127.0.0.1:2"]):   # endpoints change
+            write(listed, misspelled)
+            wait_until(lambda listed=listed: addresses(ch) == listed, 10,  # type: ignore[misc]
+                       message=f"{listed}")
+        assert len(_config_warnings(caplog)) == 1, _config_warnings(caplog)
+        write(["127.0.0.1:2"], {**misspelled, "methodconfig": []})       # new content
+        wait_until(lambda: len(_config_warnings(caplog)) == 2, 10, message="a second warning")
+        assert "methodconfig" in _config_warnings(caplog)[1]
+        # a bad config: kept out, said once however many updates repeat it
+        bad = {"loadBalancingConfig": [{"nope": {}}]}
+        for listed in (["127.0.0.1:3"], ["127.0.0.1:4"], ["127.0.0.1:5"]):
+            write(listed, bad)
+            wait_until(lambda listed=listed: addresses(ch) == listed, 10,  # type: ignore[misc]
+                       message=f"{listed}")
+        bad_lines = [w for w in channel_warnings() if "resolver's service config" in w]
+        assert len(bad_lines) == 1, bad_lines
+        assert ch.service_config is not None and ch.service_config.lb.name == "round_robin"
+    assert len(_config_warnings(caplog)) == 2

@@ -98,6 +98,7 @@ class ChannelBase:
     _call_listeners: tuple[CallListener, ...] = ()
     _resolver_listeners: tuple[ResolverListener, ...] = ()
     _resolver: Any = None
+    _resolver_config_seen: Any = None   # the resolver's last service config (_config_text)
     _host: Any          # what the flavour's drivers get: .ctx plus its way of waiting
 
     # The four multicallable classes of the flavour (sync or grpc.aio), in the order
@@ -184,11 +185,16 @@ class ChannelBase:
             return
         if (self._user_config is None and not self._ignore_resolver_config
                 and state.service_config is not None):
-            try:
-                self._apply_config(parse_service_config(state.service_config))
-            except ServiceConfigError as exc:
-                # gRPC keeps the previous config when the resolver sends a bad one.
-                self._log.warning("ignoring the resolver's service config: %s", exc)
+            # Resolvers repeat their config with every update: parse (and log about) each
+            # distinct one once.
+            seen = _config_text(state.service_config)
+            if seen != self._resolver_config_seen:
+                self._resolver_config_seen = seen
+                try:
+                    self._apply_config(parse_service_config(state.service_config))
+                except ServiceConfigError as exc:
+                    # gRPC keeps the previous config when the resolver sends a bad one.
+                    self._log.warning("ignoring the resolver's service config: %s", exc)
         if not state.endpoints and not state.authoritative:
             self.on_resolver_error(ValueError("resolver returned no endpoints"))
             return
