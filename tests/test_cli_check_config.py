@@ -314,3 +314,14 @@ def test_unknown_field_through_the_real_entry_point() -> None:
     assert (proc.returncode, proc.stdout) == (1, "")
     assert proc.stderr == ('error at loadBalancingconfig: unknown field; '
                            'did you mean "loadBalancingConfig"?\n')
+
+
+def test_docs_show_the_real_output_for_a_map_of_configs(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/cli.md quotes check-config's answer for examples/policies.json verbatim (its
+    key count goes stale when a policy is added)."""
+    root = EXAMPLES.parent
+    monkeypatch.chdir(root)
+    assert main(["check-config", "examples/policies.json"]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line in (root / "docs" / "cli.md").read_text(), line
