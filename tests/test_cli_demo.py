@@ -57,6 +57,18 @@ def phase_tables(out: str) -> dict[str, list[dict[str, str]]]:
     return tables
 
 
+def taken_out(out: str) -> dict[str, dict[str, str]]:
+    """policy -> backend -> why it was taken out, from the "taken out, and why:" lines
+    (``  <policy>: <backend>: <why>``)."""
+    why: dict[str, dict[str, str]] = {}
+    for line in out[out.index("taken out, and why:"):].splitlines()[1:]:
+        if not line.startswith("  "):
+            break
+        policy, backend, reason = line.strip().split(": ", 2)
+        why.setdefault(policy, {})[backend] = reason
+    return why
+
+
 def test_headless_demo_finishes_with_every_backend() -> None:
     policies = [p for p in ("round_robin", "least_request") if get_policy(p) is not None]
     proc = run_demo("--duration", "1", "--policy", ",".join(policies), "--rate", "150")
@@ -77,14 +89,21 @@ def test_headless_demo_finishes_with_every_backend() -> None:
     assert [line.split()[0] for line in comparison[3:3 + len(policies)]] == policies
     for name in NAMES:
         assert name in comparison[1]
-    # Every backend the channel took out is named with why, in every phase: flapping
-    # went NOT_SERVING, and so did restarting as it was being killed (graceful shutdown;
-    # its connection dropped moments later, which a periodic snapshot would miss).
-    why = out[out.index("taken out, and why:"):].splitlines()[1:]
+    # Every backend the channel took out is named with why, in every phase. flapping
+    # reports NOT_SERVING on a live connection for 40% of the phase: always seen.
+    # restarting is killed at 35%: its graceful shutdown sends NOT_SERVING, which races
+    # with the connection's close (on a loaded machine the close can win and the health
+    # stream's report is then stale), and its connection stays down (grpc's reconnect
+    # backoff, >= 0.8 s) to about the phase's end, which the snapshots see as "connection
+    # failed". So it is always named, for one of those reasons or both.
+    why = taken_out(out)
     for policy in policies:
-        assert f"  {policy}: flapping: unhealthy (NOT_SERVING)" in why, why
-        assert any(line.startswith(f"  {policy}: restarting: unhealthy (NOT_SERVING)")
-                   for line in why), why
+        assert why[policy].get("flapping", "").startswith("unhealthy (NOT_SERVING)"), why
+        restarting = why[policy].get("restarting", "")
+        assert restarting, why
+        for part in restarting.split("; "):
+            assert part == "connection failed" or part.startswith(
+                ("unhealthy (NOT_SERVING)", "unhealthy (health stream", "ejected")), why
         compared = next(line for line in comparison[3:] if line.startswith(policy))
         assert "flapping" in compared and "restarting" in compared, compared
     assert "chttp2" not in proc.stderr and ".cc:" not in proc.stderr, proc.stderr
