@@ -2,8 +2,9 @@
 
 Threading contract: every control-plane event (resolver update, connectivity change,
 health report, ejection, sweep, policy change) is applied under one lock, one at a time,
-and ends by publishing a new immutable picker (a single attribute assignment, read without
-a lock by callers). Connections and health checkers are created through factories, so
+and ends by publishing what it changed: a new immutable picker (a single attribute
+assignment, read without a lock by callers) and/or the aggregate state, then the
+listeners are told. Connections and health checkers are created through factories, so
 this module never imports grpc. Handle methods that may block or call back (shutdown,
 stopping checkers) run *outside* the lock; endpoint events are queued under the lock and
 delivered after it is released (:class:`~lbclient.health.events.EventBus`).
@@ -16,6 +17,17 @@ see every connected endpoint. Weights get the slow-start factor of endpoints tha
 new, readmitted or healthy again. Active health and outlier ejection are a
 :class:`~lbclient.balancer.fitness.Fitness` the balancer owns (same lock, same records);
 each endpoint's state is an :class:`~lbclient.balancer.record.EndpointRecord`.
+
+Cost: an event costs the same however many endpoints sit idle. What it reads about all
+of them (aggregate state, why none is ready, whether calls wait, the connected ones) is
+counted incrementally by a :class:`~lbclient.balancer.tally.RecordTally`; the picker is
+rebuilt (over the connected endpoints only) when an endpoint's connected or fit status
+changed, or when a rebuild is asked for (policy, options, endpoints, slow start). An
+event that changes neither (a connection that was not READY flapping between CONNECTING
+and TRANSIENT_FAILURE, a health answer that changes no eligibility) publishes no new
+picker and wakes no waiting call; while nothing is eligible, the failing picker's reason
+follows the counts, and listeners (waiting calls) are told only when it changes between
+"wait" and "fail fast".
 """
 
 from __future__ import annotations
@@ -28,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
-from ..connectivity import Connectivity, aggregate
+from ..connectivity import Connectivity
 from ..endpoint import Endpoint
 from ..health.events import EndpointEvent, EventBus, EventKind
 from ..health.options import DEFAULT_OPTIONS, BalancingOptions
@@ -40,6 +52,7 @@ from .lb_metrics import METRICS_OPTION, LbMetrics
 from .picker import Candidate, EndpointStats, FailingPicker, Picker
 from .policy import Policy, PolicyContext, PolicySpec
 from .record import EndpointInfo, EndpointRecord
+from .tally import RecordTally
 
 log = logging.getLogger("lbclient.balancer")
 
@@ -92,11 +105,14 @@ class Balancer:
                  on_endpoint_failure: Callable[[str], None] | None = None,
                  health_factory: HealthCheckerFactory | None = None) -> None:
         self._factory = factory
-        # Rebuild coalescing: while _batch_depth > 0, rebuilds only mark _dirty, and the
-        # outermost batch() rebuilds once (a connectivity sweep over 10,000 endpoints
-        # must not rebuild the picker for each of them).
+        # Publication coalescing: while _batch_depth > 0, events are counted but nothing
+        # is published; the outermost batch() publishes once (a connectivity sweep over
+        # 10,000 endpoints must not rebuild the picker for each of them).
         self._batch_depth = 0
-        self._dirty = False
+        self._stale = False        # the eligible set may have changed: rebuild the picker
+        self._notify = False       # something was published: tell the listeners
+        self._tally = RecordTally()
+        self._picked: list[EndpointRecord] = []    # what the current picker chooses from
         factory.set_batcher(self.batch)
         self._clock = clock
         self._rng = rng or random.Random()
@@ -123,7 +139,8 @@ class Balancer:
         # Health checking and outlier ejection: composed, sharing the lock and records.
         self._fitness = Fitness(
             lock=self._lock, records=lambda: self._records, closed=lambda: self._closed,
-            post=self._post, rebuild_locked=self._rebuild_locked,
+            post=self._post, note_locked=self._note_locked,
+            publish_locked=self._publish_locked, rebuild_locked=self._rebuild_locked,
             after_change=self._after_change, clock=clock, rng=self._rng,
             scheduler=scheduler, health_factory=health_factory)
         self.picker: Picker = FailingPicker("no endpoints yet: waiting for the resolver",
@@ -183,6 +200,7 @@ class Balancer:
                 rec.reported_health = None
                 if rec.connectivity is Connectivity.READY:
                     fitness.start_checker_locked(rec)
+                self._note_locked(rec)
             self._rebuild_locked()
         for checker in stop:
             checker.stop()
@@ -224,6 +242,7 @@ class Balancer:
         for address in list(self._records):
             if address not in wanted:
                 rec = self._records.pop(address)
+                self._tally.forget(rec)
                 stop += self._fitness.stop_checker_locked(rec)
                 to_close.append(rec)
                 self.connections.closed(address)
@@ -244,8 +263,11 @@ class Balancer:
             rec.tracker = self._fitness.new_tracker()
             self._records[address] = rec
             created.append(rec)
+            self._tally.account(rec)
         # Reorder to the resolver's order (pick_first and hashing use it).
         self._records = {a: self._records[a] for a in wanted}
+        for index, rec in enumerate(self._records.values()):
+            rec.index = index
         for rec in created:
             rec.handle = self._factory.create(rec.endpoint, self._state_callback(rec))
             self._post("added", rec, f"weight {rec.endpoint.weight}")
@@ -294,7 +316,8 @@ class Balancer:
             elif previous is Connectivity.READY:
                 rec.ready_since = None
                 stop = self._fitness.stop_checker_locked(rec)
-            self._rebuild_locked()
+            self._note_locked(rec)
+            self._publish_locked()
         log.debug("endpoint %s: %s -> %s", rec.address, previous.value, state.value)
         for checker in stop:
             checker.stop()
@@ -315,8 +338,8 @@ class Balancer:
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """Apply the events raised inside the block (from any thread) with a single
-        picker rebuild when the outermost block ends. The lock is not held meanwhile;
-        calls keep using the previous picker until then."""
+        publication (at most one picker rebuild) when the outermost block ends. The
+        lock is not held meanwhile; calls keep using the previous picker until then."""
         with self._lock:
             self._batch_depth += 1
         try:
@@ -324,22 +347,65 @@ class Balancer:
         finally:
             with self._lock:
                 self._batch_depth -= 1
-                rebuild = self._batch_depth == 0 and self._dirty and not self._closed
-                if rebuild:
-                    self._dirty = False
-                    self._rebuild_locked()
-            if rebuild:
-                self._after_change()
+                if self._batch_depth == 0 and not self._closed:
+                    self._publish_locked()
+            self._after_change()
+
+    def _note_locked(self, rec: EndpointRecord) -> None:
+        """``rec``'s state may have changed: count it again (see RecordTally)."""
+        if self._tally.account(rec):
+            self._stale = True
 
     def _rebuild_locked(self) -> None:
+        """Rebuild the picker now (or at the end of the current batch)."""
+        self._stale = True
+        self._publish_locked()
+
+    def _publish_locked(self) -> None:
+        """Publish what the events since the last publication changed: the picker when
+        the eligible set may have changed, the failing picker's reason and queueing
+        while nothing is eligible, the aggregate state. Costs O(1) when nothing did."""
         if self._batch_depth:
-            self._dirty = True
-            return
+            return          # the outermost batch() publishes
+        if self._stale:
+            self._stale = False
+            self._build_picker_locked()
+        elif not self._picked:
+            self._refresh_failing_locked()
+        if self._records:
+            state = self._tally.aggregate()
+        else:   # IDLE until the resolver has answered, as a fresh grpc channel is
+            state = (Connectivity.TRANSIENT_FAILURE
+                     if self._resolved_once or self._resolver_error else Connectivity.IDLE)
+        if state is not self.state:
+            self.state = state
+            self._notify = True
+
+    def _announce_locked(self) -> None:
+        """A new picker that may place calls differently was published."""
         self._generation += 1
+        self._notify = True
+        self._changed.notify_all()
+
+    def _refresh_failing_locked(self) -> None:
+        """Nothing is eligible: keep the failing picker's reason and queueing current.
+        A new reason alone is published silently (waiting calls could do nothing
+        with it); a change between "wait" and "fail fast" is announced."""
+        reason, queue = self._no_endpoint_reason(), self._queue_calls()
+        current = self.picker
+        if isinstance(current, FailingPicker) and current.reason == reason:
+            if current.queue == queue:
+                return
+        self.picker = FailingPicker(reason, queue=queue)
+        if not isinstance(current, FailingPicker) or current.queue != queue:
+            self._announce_locked()
+
+    def _build_picker_locked(self) -> None:
+        """The policy's picker over the connected endpoints: the fit ones, or (panic
+        mode) all of them. O(connected), whatever the number of endpoints."""
         now = self._clock()
         policy = self._policy
-        records = list(self._records.values())
-        connected = [r for r in records if r.connected()]
+        connected = self._tally.connected_in_order()
         fit = [r for r in connected if r.fit()]
         threshold = self._options.panic_threshold
         panic = False
@@ -355,8 +421,9 @@ class Balancer:
                 "on, picking among all connected endpoints" if panic else "off",
                 len(fit), len(connected), threshold)
         chosen = connected if panic else fit
-        for r in records:
+        for r in self._picked:
             r.picked = False
+        self._picked = []
         if policy is None or not chosen:
             self.picker = FailingPicker(self._no_endpoint_reason(), queue=self._queue_calls())
         else:
@@ -374,12 +441,8 @@ class Balancer:
                 picker = BreakerPicker(picker, self.breaker, opts.max_requests,
                                        opts.max_concurrent_requests, len(candidates))
             self.picker = picker
-        if records:
-            self.state = aggregate([r.connectivity for r in records])
-        else:   # IDLE until the resolver has answered, as a fresh grpc channel is
-            self.state = (Connectivity.TRANSIENT_FAILURE
-                          if self._resolved_once or self._resolver_error else Connectivity.IDLE)
-        self._changed.notify_all()
+            self._picked = chosen
+        self._announce_locked()
 
     def _slow_start_factor(self, rec: EndpointRecord, now: float) -> float:
         slow = self._options.slow_start
@@ -412,16 +475,12 @@ class Balancer:
         resolution, or while some endpoint is connecting that has not failed since it
         was last READY, or READY and waiting for its first health answer (gRFC A17
         reports such a subchannel CONNECTING). Ejected, unhealthy and failed endpoints
-        fail calls fast."""
+        fail calls fast. (Counted: see EndpointRecord.classify.)"""
         if not self._records:
             return not self._resolved_once and not self._resolver_error
         if self._policy is None:
             return True
-        return any((r.connectivity in (Connectivity.IDLE, Connectivity.CONNECTING)
-                    and not r.failed_since_ready)
-                   or (r.connectivity is Connectivity.READY and r.tracker is not None
-                       and r.tracker.healthy is None)
-                   for r in self._records.values())
+        return self._tally.queueing > 0
 
     def _no_endpoint_reason(self) -> str:
         if not self._records:
@@ -432,16 +491,13 @@ class Balancer:
             return "no endpoints yet: waiting for the resolver"
         if self._policy is None:
             return "no load-balancing policy yet"
-        counts: dict[str, int] = {}
-        for r in self._records.values():
-            key = r.unfit_reason()
-            counts[key] = counts.get(key, 0) + 1
-        parts = ", ".join(f"{n} {k}" for k, n in counts.items())
+        parts = ", ".join(f"{n} {k}" for k, n in self._tally.reasons())
         return f"no ready endpoints: {parts}"
 
     def wait_for_change(self, generation: int, timeout: float | None) -> int:
         """Block until a picker newer than ``generation`` is published (or timeout);
-        returns the current generation."""
+        returns the current generation. (A failing picker whose reason alone changed is
+        published without a new generation.)"""
         with self._lock:
             if self._generation == generation and not self._closed:
                 self._changed.wait(timeout)
@@ -481,7 +537,13 @@ class Balancer:
                                         ejected_until))
 
     def _after_change(self) -> None:
+        """Deliver the queued events, and tell the listeners if something was published
+        since they were last told (by whichever thread gets here first: the flag is set
+        under the lock before the publishing thread gets here itself)."""
         self._events.flush()
+        if not self._notify:
+            return
+        self._notify = False
         for fn in tuple(self._listeners):
             try:
                 fn()
@@ -528,8 +590,11 @@ class Balancer:
             for rec in records:
                 stop += self._fitness.stop_checker_locked(rec)
             self._records.clear()
+            self._tally = RecordTally()
+            self._picked = []
             self.picker = FailingPicker("channel closed")
             self.state = Connectivity.SHUTDOWN
+            self._notify = True
             policy, self._policy = self._policy, None
             self._fitness.schedule_sweep(None)
             if self._ramp_timer is not None:

@@ -2,11 +2,13 @@
 
 :class:`Fitness` is owned by the :class:`~lbclient.balancer.balancer.Balancer` and gets
 everything it touches explicitly at construction: the balancer's lock and records, and
-the balancer's ways to post an event, rebuild the picker (under the lock) and finish a
-change (after the lock). Everything here runs under that lock, like every other
-control-plane event: health reports from the checkers, the outlier detector's interval
-sweep, consecutive-failure trips, and the ``outlier_detection`` policy attaching or
-detaching. The rules:
+the balancer's ways to post an event, count a changed record again (``note_locked``),
+publish what changed or rebuild the picker (under the lock) and finish a change (after
+the lock). Every change to a record's health or ejection is noted, so the balancer
+rebuilds the picker only when eligibility changed. Everything here runs under that lock,
+like every other control-plane event: health reports from the checkers, the outlier
+detector's interval sweep, consecutive-failure trips, and the ``outlier_detection``
+policy attaching or detaching. The rules:
 
 * a health checker runs while an endpoint's connection is READY (the balancer starts and
   stops it on connectivity changes); stale reports from a stopped checker are ignored;
@@ -65,7 +67,9 @@ class Fitness:
     """Health checking and outlier ejection for one balancer (see the module doc)."""
 
     def __init__(self, *, lock: threading.RLock, records: Callable[[], dict[str, EndpointRecord]],
-                 closed: Callable[[], bool], post: Post, rebuild_locked: Callable[[], None],
+                 closed: Callable[[], bool], post: Post,
+                 note_locked: Callable[[EndpointRecord], None],
+                 publish_locked: Callable[[], None], rebuild_locked: Callable[[], None],
                  after_change: Callable[[], None], clock: Callable[[], float],
                  rng: random.Random, scheduler: Any,
                  health_factory: HealthCheckerFactory | None) -> None:
@@ -73,6 +77,8 @@ class Fitness:
         self._records = records
         self._closed = closed
         self._post = post
+        self._note_locked = note_locked
+        self._publish_locked = publish_locked
         self._rebuild_locked = rebuild_locked
         self._after_change = after_change
         self._clock = clock
@@ -142,7 +148,8 @@ class Fitness:
                 self._post("health_changed", rec, tracker.reason, healthy=healthy)
             readmitted = rec.ejected and self._maybe_readmit_locked(rec)
             if changed or readmitted:
-                self._rebuild_locked()
+                self._note_locked(rec)
+                self._publish_locked()
         self._after_change()
 
     # ----------------------------------------------------------------- outlier ejection
@@ -203,7 +210,7 @@ class Fitness:
                 rec = records.get(address)
                 if rec is not None:
                     self._maybe_readmit_locked(rec)
-            self._rebuild_locked()
+            self._publish_locked()
             self.schedule_sweep(max(det.config.interval, _MIN_SWEEP))
         self._after_change()
 
@@ -217,7 +224,7 @@ class Fitness:
             if ejection is None:
                 return
             self._apply_ejection_locked(ejection)
-            self._rebuild_locked()
+            self._publish_locked()
         self._after_change()
 
     def _apply_ejection_locked(self, ejection: Ejection) -> None:
@@ -229,6 +236,7 @@ class Fitness:
             rec.tracker.reset_streak()
         if rec.checker is not None:
             rec.checker.set_probing(True)
+        self._note_locked(rec)
         self._post("ejected", rec, ejection.reason, ejected_until=ejection.until)
 
     def _maybe_readmit_locked(self, rec: EndpointRecord) -> bool:
@@ -254,6 +262,7 @@ class Fitness:
         rec.ramp_pending = True
         if rec.checker is not None:
             rec.checker.set_probing(False)
+        self._note_locked(rec)
         self._post("readmitted", rec, reason)
 
     def _sync_ejections_locked(self) -> None:

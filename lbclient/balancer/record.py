@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..connectivity import Connectivity
 from ..endpoint import Endpoint
@@ -17,6 +17,16 @@ from ..health.options import SlowStartConfig
 from ..health.tracker import HealthTracker
 from ..health.window import RecentWindow
 from .picker import EndpointStats
+
+
+class Classification(NamedTuple):
+    """One endpoint's state as the balancer counts it (:meth:`EndpointRecord.classify`)."""
+
+    connectivity: Connectivity
+    queueing: bool        # connecting and not failed since READY, or awaiting health
+    reason: str           # unfit_reason(): "" when fit
+    connected: bool
+    fit: bool
 
 
 @dataclass(frozen=True)
@@ -71,7 +81,7 @@ class EndpointRecord:
                  "checker", "checker_token", "reported_health",
                  "ejected", "ejected_until", "eject_reason", "added_at", "ready_since",
                  "ramp_pending", "ramp_start", "effective_weight", "picked",
-                 "failed_since_ready", "ready_count")
+                 "failed_since_ready", "ready_count", "index", "accounted")
 
     def __init__(self, endpoint: Endpoint, stats: EndpointStats, now: float,
                  clock: Callable[[], float]) -> None:
@@ -98,6 +108,10 @@ class EndpointRecord:
         # reconnecting; before any failure, a connecting endpoint makes calls wait.
         self.failed_since_ready = False
         self.ready_count = 0                          # times the connection became READY
+        self.index = 0                                # position in the resolver's order
+        # what the balancer's RecordTally last counted for it (see classify); None: not
+        # counted (new, or removed)
+        self.accounted: Classification | None = None
 
     @property
     def address(self) -> str:
@@ -114,6 +128,21 @@ class EndpointRecord:
 
     def fit(self) -> bool:
         return self.connected() and self.healthy is not False and not self.ejected
+
+    def classify(self) -> Classification:
+        """Everything the balancer counts about this endpoint, read now: its
+        connectivity, whether it makes calls wait (see ``Balancer._queue_calls``), its
+        unfit reason, :meth:`connected` and :meth:`fit`."""
+        state = self.connectivity
+        tracker = self.tracker
+        healthy = None if tracker is None else tracker.healthy
+        ready = state is Connectivity.READY
+        connected = ready and (tracker is None or healthy is not None)
+        queueing = ((state is Connectivity.IDLE or state is Connectivity.CONNECTING)
+                    and not self.failed_since_ready) or (ready and tracker is not None
+                                                         and healthy is None)
+        return Classification(state, queueing, self.unfit_reason(), connected,
+                              connected and healthy is not False and not self.ejected)
 
     def unfit_reason(self) -> str:
         if self.connectivity is not Connectivity.READY:
