@@ -19,7 +19,7 @@ from test_policy_support import (
 )
 
 from lbclient import ServiceConfigError
-from lbclient.balancer.picker import CallOutcome, Candidate, EndpointStats, PickInfo
+from lbclient.balancer.picker import CallOutcome, EndpointStats, PickInfo
 from lbclient.endpoint import Endpoint
 from lbclient.policies._common import (
     WeightedSampler,
@@ -168,27 +168,14 @@ def test_wrr_remaining_endpoints_keep_exact_counts_after_one_leaves() -> None:
     assert picker.pick(everyone).candidate in (cands[0], cands[2])
 
 
-def test_least_connections_rescans_when_counters_move_under_it() -> None:
-    """A pick that loses the compare-and-increment race scans again."""
-
-    class Racing(EndpointStats):
-        """Another pick takes this endpoint between our scan and our increment, once."""
-
-        raced = False
-
-        def try_begin(self, expected_in_flight: int) -> bool:
-            if not self.raced:
-                self.raced = True
-                self.begin()
-                return False
-            return super().try_begin(expected_in_flight)
-
-    clock = ManualClock()
-    cands = candidates(2, clock=clock)
-    cands[0] = Candidate(cands[0].endpoint, 1, Racing(clock), None)
-    set_in_flight(cands[1].stats, 1)
+def test_least_connections_sees_calls_begun_and_ended_outside_its_picker() -> None:
+    """A call begun by another picker (sticky's remembered sessions, an old picker) or
+    ended on another thread reaches the index through the endpoint's in-flight watcher:
+    the next pick sees it without any rescan."""
+    cands = candidates(2)
     picker = make_policy("least_connections").build_picker(cands)
-    r = picker.pick(info())  # scans: A (0) wins, loses the race, rescans: 1 vs 1
-    assert r.counted and cands[0].stats.raced  # type: ignore[attr-defined]
-    assert sum(c.stats.in_flight for c in cands) == 3  # the racer's, ours, B's
-    assert sorted(c.stats.in_flight for c in cands) == [1, 2]
+    cands[0].stats.begin()                      # e.g. a sticky session's call
+    assert picker.pick(info()).candidate is cands[1]
+    cands[0].stats.record(0.01, False)          # it ends: A is idle again
+    assert picker.pick(info()).candidate is cands[0]
+    assert [c.stats.in_flight for c in cands] == [1, 1]

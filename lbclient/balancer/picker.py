@@ -94,12 +94,19 @@ class EndpointStats:
     atomic in CPython; the latency averages are plain stores, so two calls ending at the
     same instant may each count as the last sample (harmless for an average).
     :meth:`try_begin` and :meth:`when_idle` take a small lock.
+
+    In-flight watchers (:meth:`watch_in_flight`): a policy that keeps its own index of
+    in-flight counts (``least_connections``) is called after every change of
+    ``in_flight``, on the thread that changed it, with no lock held. The counter changes
+    first and the watcher is read after it, while :meth:`watch_in_flight` stores the
+    watcher before the policy reads the count, so no change can be missed. Endpoints
+    nobody watches pay one attribute check per begin and end.
     """
 
     __slots__ = ("_lock", "_active", "_picks", "_calls", "_failures", "latency_ewma",
                  "peak_ewma", "_peak_stamp", "decay_time", "clock", "_idle_callback",
                  "_on_end", "retiring", "window", "shared", "overflows", "_local_failures",
-                 "__weakref__")
+                 "_watcher", "_watchers", "__weakref__")
 
     def __init__(self, clock: Callable[[], float], decay_time: float = 10.0) -> None:
         self._lock = threading.Lock()
@@ -121,6 +128,9 @@ class EndpointStats:
         self.shared: list[None] | None = None
         self.overflows = itertools.count()   # picks that skipped it: it was full
         self._local_failures = itertools.count()   # failures of local origin
+        # Called after every change of in_flight (see watch_in_flight); None: nobody.
+        self._watcher: Callable[[], None] | None = None
+        self._watchers: tuple[Callable[[], None], ...] = ()
 
     @property
     def in_flight(self) -> int:
@@ -153,6 +163,28 @@ class EndpointStats:
         shared = self.shared
         if shared is not None:
             shared.append(None)
+        watcher = self._watcher
+        if watcher is not None:
+            watcher()
+
+    def begin_unwatched(self) -> None:
+        """:meth:`begin` without calling the in-flight watchers: for a watcher's owner,
+        which counts the call in its own index under its own lock, then calls
+        :meth:`notify_in_flight` (without that lock) for any other watcher."""
+        self._active.append(None)
+        next(self._picks)
+        shared = self.shared
+        if shared is not None:
+            shared.append(None)
+
+    def notify_in_flight(self, skip: Callable[[], None] | None = None) -> None:
+        """Call every in-flight watcher but ``skip`` (after :meth:`begin_unwatched`)."""
+        watcher = self._watcher
+        if watcher is None or watcher is skip:
+            return
+        for fn in self._watchers:
+            if fn is not skip:
+                fn()
 
     def try_begin(self, expected_in_flight: int) -> bool:
         """:meth:`begin`, but only if ``in_flight`` still equals ``expected_in_flight``
@@ -167,6 +199,9 @@ class EndpointStats:
         shared = self.shared
         if shared is not None:
             shared.append(None)
+        watcher = self._watcher
+        if watcher is not None:
+            watcher()
         return True
 
     def peak_ewma_at(self, now: float) -> float | None:
@@ -188,6 +223,9 @@ class EndpointStats:
         """:meth:`end` without an outcome for the end listeners (the channel's path when
         nobody listens)."""
         self._active.pop()
+        watcher = self._watcher
+        if watcher is not None:
+            watcher()
         shared = self.shared
         if shared is not None:
             try:
@@ -220,6 +258,9 @@ class EndpointStats:
         """Undo a :meth:`begin` whose call never started (a pick counted at pick time
         and then not used); the pick itself stays counted."""
         self._active.pop()
+        watcher = self._watcher
+        if watcher is not None:
+            watcher()
         shared = self.shared
         if shared is not None:
             try:
@@ -254,6 +295,35 @@ class EndpointStats:
         """``fn(outcome)`` after every call that ends on this endpoint (any thread)."""
         with self._lock:
             self._on_end = (*self._on_end, fn)
+
+    def watch_in_flight(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` after every change of ``in_flight`` (a call begun, ended or
+        discarded), on the thread that made it, with no lock held; ``fn`` must be quick
+        and must not raise. Read ``in_flight`` after this returns: every change after
+        that read is followed by a call of ``fn``. :meth:`unwatch_in_flight` takes the
+        same object."""
+        with self._lock:
+            watchers = self._watchers = (*self._watchers, fn)
+            self._watcher = fn if len(watchers) == 1 else _chain(watchers)
+
+    def unwatch_in_flight(self, fn: Callable[[], None]) -> None:
+        """Stop calling ``fn`` (no-op if it is not watching)."""
+        with self._lock:
+            self._watchers = tuple(w for w in self._watchers if w is not fn)
+            self._watcher = _chain(self._watchers)
+
+
+def _chain(fns: tuple[Callable[[], None], ...]) -> Callable[[], None] | None:
+    """One callable for the watchers (None for none, the function itself for one)."""
+    if not fns:
+        return None
+    if len(fns) == 1:
+        return fns[0]
+
+    def call_all() -> None:
+        for fn in fns:
+            fn()
+    return call_all
 
 
 class Candidate:

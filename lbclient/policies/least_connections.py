@@ -1,17 +1,30 @@
 """``least_connections``: the endpoint with the fewest in-flight calls per unit of weight.
 
 Weighted least connections: each eligible endpoint scores ``in_flight / weight`` and the
-lowest score wins (an exact scan, O(n) per pick). Example: in-flight 5/3/4 with weights
-5/2/3 score 1.0/1.5/1.33, so the first endpoint is chosen. Ties are broken at random in
-proportion to weight, so an idle fleet is not always led by the first endpoint and idle
-traffic still follows the weights.
+lowest score wins, exactly. Example: in-flight 5/3/4 with weights 5/2/3 score
+1.0/1.5/1.33, so the first endpoint is chosen. Ties are broken at random in proportion
+to weight, so an idle fleet is not always led by the first endpoint and idle traffic
+still follows the weights.
 
-The call is counted at pick time: the picker increments the chosen endpoint's in-flight
-counter with a compare-and-increment against the value it scored
-(``EndpointStats.try_begin``) and returns ``PickResult(counted=True)``. If another pick
-changed that counter in the meantime the scan is redone (at most ``_RESCANS`` times, then
-the last choice is counted anyway), so two concurrent picks cannot both take the same
-idle endpoint while another is idle.
+How it stays exact in O(log n) (see ``_load_index``): the policy keeps a tournament
+tree of the scores (every node: the least score below it and the weight tied at it),
+which outlives pickers. The endpoints' counters tell it of every change
+(``EndpointStats.watch_in_flight``: a watcher runs right after each begin, end and
+discard, only on endpoints this policy holds). A pick takes the index's lock, walks from
+the root to a least-scored endpoint (one random number shares ties by weight), begins
+the call there and updates its leaf, then releases the lock: O(log n), and the choice
+and the count are one atomic step. So two concurrent picks can never both take the same
+idle endpoint, no pick is retried and none is counted without the comparison (the old
+scan's compare-and-increment could give up after 8 races and count its last choice
+anyway). The one thing a pick may not see yet is an end whose counter has moved while
+its watcher waits for the lock on another thread: for that instant the endpoint counts
+the finished call, so a pick never takes an endpoint busier than it believed, and never
+one busier than another endpoint unless that one's call ended at that same instant.
+
+The call is counted at pick time (``PickResult(counted=True)``); the channel ends it.
+A rebuild (eligibility or weight change) compares the candidates with the index (O(n))
+and moves only the changed leaves; pickers hold the live index, so a picker still in use
+after a rebuild picks among the newest candidates.
 
 Config: ``{"weights": {"host:port": number > 0}}`` (optional per-address weights).
 gRPC has no such policy; Envoy's ``LEAST_REQUEST`` is ``least_request`` here.
@@ -26,11 +39,11 @@ from typing import Any
 
 from .._validate import expect_object, reject_unknown
 from ..balancer.picker import Candidate, PickInfo, PickResult
-from ..balancer.policy import PolicySpec, register_policy
-from ._common import WeightedPolicy, WeightedSampler, Weights, parse_weights
+from ..balancer.policy import PolicyContext, PolicySpec, register_policy
+from ._common import WeightedPolicy, Weights, parse_weights
+from ._load_index import LoadIndex
 
 NAME = "least_connections"
-_RESCANS = 8
 
 
 @dataclass(frozen=True)
@@ -45,52 +58,31 @@ def parse_config(raw: Any, path: str) -> Config:
 
 
 class LeastConnectionsPicker:
-    """Immutable; the counters it reads live in each candidate's ``EndpointStats``."""
+    """Picks from the policy's live :class:`LoadIndex` (which holds the counts)."""
 
-    __slots__ = ("_candidates", "_inv_weights", "_rng")
+    __slots__ = ("_index", "_rng")
 
-    def __init__(self, candidates: Sequence[Candidate], rng: random.Random) -> None:
-        self._candidates = tuple(candidates)
-        self._inv_weights = tuple(1.0 / c.weight for c in self._candidates)
+    def __init__(self, index: LoadIndex, rng: random.Random) -> None:
+        self._index = index
         self._rng = rng
 
-    def _scan(self, exclude: frozenset[str]) -> tuple[Candidate, int]:
-        """The least-loaded candidate (weighted random among ties) and the in-flight
-        count it was scored with."""
-        best = float("inf")
-        tied: list[tuple[int, int]] = []          # (index, in-flight seen)
-        for i, c in enumerate(self._candidates):
-            if exclude and c.address in exclude:
-                continue
-            n = c.stats.in_flight
-            score = n * self._inv_weights[i]
-            if score < best:
-                best, tied = score, [(i, n)]
-            elif score == best:
-                tied.append((i, n))
-        if not tied:  # every candidate was tried already: consider them all
-            return self._scan(frozenset())
-        if len(tied) == 1:
-            i, n = tied[0]
-        else:
-            sampler = WeightedSampler([self._candidates[k].weight for k, _ in tied])
-            i, n = tied[sampler.index(self._rng)]
-        return self._candidates[i], n
-
     def pick(self, info: PickInfo) -> PickResult:
-        for _ in range(_RESCANS):
-            c, expected = self._scan(info.exclude)
-            if c.stats.try_begin(expected):
-                return PickResult(c, counted=True)
-        c.stats.begin()
-        return PickResult(c, counted=True)
+        return self._index.pick(info.exclude, self._rng.random())
 
 
 class LeastConnections(WeightedPolicy):
     config: Config
 
+    def __init__(self, config: Config, ctx: PolicyContext) -> None:
+        super().__init__(config, ctx)
+        self.index = LoadIndex()
+
     def build_picker(self, candidates: Sequence[Candidate]) -> LeastConnectionsPicker:
-        return LeastConnectionsPicker(candidates, self.ctx.rng)
+        self.index.update(candidates)
+        return LeastConnectionsPicker(self.index, self.ctx.rng)
+
+    def close(self) -> None:
+        self.index.close()
 
 
 SPEC = PolicySpec(NAME, parse_config, LeastConnections, weight_aware=True)
