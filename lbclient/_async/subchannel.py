@@ -6,7 +6,8 @@ thread per channel), so a task per endpoint delivers every change as it happens 
 ``poll()`` has nothing to do. When the connection enters TRANSIENT_FAILURE, a
 ``wait_for_ready=False`` call made on it ends at once with grpc's account of why
 (refused, TLS...), kept as :meth:`AioSubchannel.connection_error` until the state
-changes (the sync twin does the same).
+changes (the sync twin does the same). The factory hands the balancer the changes of one
+turn of the loop together (one picker rebuild, as the sync channel's sweep).
 
 Contract: created and used on the channel's event loop only. ``shutdown()`` is sync (the
 balancer calls it) and schedules the close; ``wait_closed()`` awaits every close.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,6 +30,7 @@ from ..connectivity import Connectivity
 from ..endpoint import Endpoint
 from .intercept import raw_view, tag_spans
 
+log = logging.getLogger("lbclient.channel")
 _DIAGNOSE = "/lbclient.diagnostics.v1.Connection/LastError"
 
 
@@ -62,7 +65,7 @@ class AioSubchannel:
         state = self.channel.get_state(try_to_connect=True)
         while not self._closed:
             self._last, self._error = TO_LBCLIENT[state], None
-            self._on_state(self._last)
+            self._factory.deliver(self._on_state, self._last)
             if state is grpc.ChannelConnectivity.SHUTDOWN:
                 return
             if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
@@ -137,13 +140,38 @@ class AioSubchannelFactory:
         self.compression = compression
         self.grace: float | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        # Connectivity changes waiting for the end of this turn of the loop (see deliver).
+        self._batch: Callable[[], Any] = contextlib.nullcontext
+        self._pending: list[tuple[Callable[[Connectivity], None], Connectivity]] = []
+        self._flush_handle: asyncio.Handle | None = None
 
     def create(self, endpoint: Endpoint,
                on_state: Callable[[Connectivity], None]) -> AioSubchannel:
         return AioSubchannel(self, endpoint, on_state)
 
     def set_batcher(self, batch: Callable[[], Any]) -> None:
-        """Changes arrive one by one on the loop: nothing to batch."""
+        """The balancer's ``batch`` context manager, used around each delivery."""
+        self._batch = batch
+
+    def deliver(self, on_state: Callable[[Connectivity], None], state: Connectivity) -> None:
+        """Hand a connectivity change to the balancer at the end of this turn of the
+        loop, with every other change that arrived in the same turn: one picker rebuild
+        for all of them (grpc.aio wakes the endpoints' watching tasks one by one, often
+        hundreds in a turn when many endpoints connect or fail at once). Changes of one
+        endpoint keep their order."""
+        self._pending.append((on_state, state))
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        pending, self._pending = self._pending, []
+        with self._batch():
+            for on_state, state in pending:
+                try:
+                    on_state(state)
+                except Exception:
+                    log.exception("delivering a connectivity change failed")
 
     def closing(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
