@@ -92,14 +92,14 @@ class LoadBalancedChannel(ChannelBase, grpc.aio.Channel):
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
         while TO_GRPC[self._balancer.state] == last_observed_state and not self._closed:
-            await self._host.wait_change(None)
+            await self._host.wait_state_change()
 
     async def channel_ready(self) -> None:
         self._balancer.request_connections()
         while self._balancer.state is not Connectivity.READY:
             if self._closed:
                 raise RuntimeError("channel closed before it was ready")
-            await self._host.wait_change(None)
+            await self._host.wait_state_change()
 
     async def close(self, grace: float | None = None) -> None:
         """Close every endpoint connection (with ``grace`` seconds for in-flight calls,

@@ -17,7 +17,7 @@ import grpc.aio
 from .._core.context import CallContext
 from .._core.deadline import remaining
 from .._core.picking import CLOSED, fail_now, wait_expired
-from ..balancer.picker import PickError, PickInfo, PickResult
+from ..balancer.picker import FailingPicker, PickError, PickInfo, PickResult
 from .errors import aio_error
 
 
@@ -25,13 +25,30 @@ class AioPlacement:
     def __init__(self, ctx: CallContext, loop: asyncio.AbstractEventLoop) -> None:
         self.ctx = ctx
         self.loop = loop
-        self._changed = asyncio.Event()
+        self._changed = asyncio.Event()     # set at every change (state watchers)
+        self._decisive = asyncio.Event()    # ... that may place or fail a waiting call
+        self._placeable = asyncio.Event()   # ... that may place a waiting call
         self._closing: asyncio.Future[None] = loop.create_future()
 
     def changed(self) -> None:
-        """A new picker (or channel state) was published: wake every waiter."""
+        """A new picker (or channel state) was published: wake the state watchers and
+        the calls it may place or fail. A picker that says "not yet" wakes no call; a
+        failing one only the calls that are not wait_for_ready (it can only fail them)."""
         event, self._changed = self._changed, asyncio.Event()
         event.set()
+        picker = self.ctx.balancer.picker
+        failing = isinstance(picker, FailingPicker) and not self.ctx.closed
+        if failing and isinstance(picker, FailingPicker) and picker.queue:
+            return
+        event, self._decisive = self._decisive, asyncio.Event()
+        event.set()
+        if not failing:
+            event, self._placeable = self._placeable, asyncio.Event()
+            event.set()
+
+    async def wait_state_change(self) -> None:
+        """Until the next change of any kind (picker or channel state)."""
+        await self._changed.wait()
 
     def close(self) -> None:
         """The channel closed (``ctx.closed`` is set): waiters and backoffs end now."""
@@ -42,9 +59,10 @@ class AioPlacement:
     def closed_error(self) -> grpc.aio.AioRpcError:
         return aio_error("CANCELLED", CLOSED)
 
-    async def wait_change(self, timeout: float | None) -> None:
-        """Until the next change (or ``timeout`` seconds)."""
-        event = self._changed
+    async def wait_change(self, timeout: float | None, wait_for_ready: bool) -> None:
+        """Until the next change that may place (``wait_for_ready``) or also fail a
+        waiting call, or ``timeout`` seconds."""
+        event = self._placeable if wait_for_ready else self._decisive
         try:
             await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
@@ -76,7 +94,7 @@ class AioPlacement:
             left = remaining(deadline)
             if left is not None and left <= 0:
                 raise aio_error(*wait_expired(reason))
-            await self.wait_change(left)
+            await self.wait_change(left, wait_for_ready)
             if ctx.closed:
                 raise self.closed_error()
             try:
