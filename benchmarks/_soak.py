@@ -246,6 +246,11 @@ class EtcdEndpoints:
         with self.cond:
             return set(self.want)
 
+    def in_etcd(self) -> set[str]:
+        """What has been written (what the resolver can see)."""
+        with self.cond:
+            return set(self.written)
+
     def synced(self) -> bool:
         with self.cond:
             return self.want == self.written and not self.busy

@@ -391,8 +391,8 @@ class Soak:
         time how long a change made afterwards takes to reach the channel."""
         rng = random.Random(self.s.seed * 7919 + index)
         deadline = time.monotonic() + 30
-        self.endpoints.pause(30)
-        while self.channel_addresses() != self.endpoints.wanted():
+        self.endpoints.pause(30)      # (a crash may still change ``want`` meanwhile)
+        while self.channel_addresses() != self.endpoints.in_etcd():
             if time.monotonic() > deadline:
                 raise RuntimeError("the channel did not converge before the quorum loss")
             time.sleep(0.05)
