@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+from crash_proxy import CrashProxy
 from helpers import wait_ready, wait_until
 from retry_servers import retry_config
 
@@ -109,10 +110,14 @@ def test_concurrency_budget_caps_retries_in_flight_in_a_storm(fleet: Fleet) -> N
 @pytest.mark.parametrize("budget", [ENVOY, FINAGLE], ids=["envoy", "finagle"])
 def test_a_killed_backend_costs_no_call_within_a_budget(fleet_factory: Any,
                                                          budget: dict[str, Any]) -> None:
+    """As tests/test_retry_kill.py, with a retry budget: the victim's connections are
+    reset (a process kill, through a CrashProxy) while 4 threads call; no call fails."""
     fleet: Fleet = fleet_factory(3, latency=0.02)
     victim = fleet[1]
     config = budget_config(budget, initial="0.01s", maximum="0.1s")
-    with lbclient.insecure_channel(fleet.target, service_config=config) as ch:
+    with CrashProxy(victim.address) as proxy, lbclient.insecure_channel(
+            f"ipv4:{fleet[0].address},{proxy.address},{fleet[2].address}",
+            service_config=config) as ch:
         wait_ready(ch, 3)
         stub = echo_pb2_grpc.EchoStub(ch)
         stop = threading.Event()
@@ -136,11 +141,11 @@ def test_a_killed_backend_costs_no_call_within_a_budget(fleet_factory: Any,
             t.start()
         try:
             wait_until(lambda: victim.in_flight > 0, 5, message="load on the victim")
-            victim.stop()                     # in-flight calls on it are cut off
+            proxy.crash()                     # in-flight calls on it are cut off
             time.sleep(0.5)
             failed_attempts = sum(e.failures for e in ch.endpoints()
-                                  if e.address == victim.address)
-            victim.start()
+                                  if e.address == proxy.address)
+            proxy.restart()
             fleet.reset_counters()
             wait_until(lambda: victim.calls >= 3, 5, message="the victim back in rotation")
         finally:
