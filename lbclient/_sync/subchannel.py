@@ -17,6 +17,11 @@ its endpoint at once, so endpoints in use learn of a lost connection from their 
 A fresh channel sees each endpoint become READY within a millisecond or so, as grpc's
 own round_robin does.
 
+The grpc channel itself is made soon after ``create()``, on the scheduler, by the
+factory's :class:`~lbclient._sync.pacing.Opener` (a large update's connections are opened
+a slice at a time, so they do not starve the calls in flight); until then the endpoint is
+IDLE. Connection-error probes are bounded by a token bucket (8 a second).
+
 Contract: ``create()`` never blocks; state changes reach ``on_state`` in order (one
 delivery at a time per endpoint), from the scheduler or a caller's thread.
 ``shutdown()`` is idempotent; the close itself runs off grpc's threads.
@@ -37,6 +42,7 @@ from .._core.kinds import CallSite
 from .._core.transport import TO_LBCLIENT, ChannelOptions, grpc_target
 from ..connectivity import Connectivity
 from ..endpoint import Endpoint
+from .pacing import Opener, TokenBucket
 from .scheduler import ThreadScheduler
 
 # The method of the connection-error probe (never served: it fails before sending).
@@ -206,16 +212,10 @@ class Subchannel:
         self.endpoint = endpoint
         self.address = endpoint.address
         self._factory = factory
-        target = grpc_target(endpoint.address)
-        options = list(factory.options)
-        if factory.credentials is None:
-            self.channel = grpc.insecure_channel(target, options, factory.compression)
-        else:
-            self.channel = grpc.secure_channel(target, factory.credentials, options,
-                                               factory.compression)
-        self.raw = raw_channel(self.channel)
-        if self.raw is not self.channel:
-            tag_spans(self.channel, self.raw, endpoint.address)
+        # grpc's channel, made by open() (soon after, on the scheduler: see Opener);
+        # the balancer uses them only once the endpoint is READY, so after open().
+        self.channel: Any = None
+        self.raw: Any = None
         # grpc multicallables of this connection, one per call site (see CallSite).
         self.calls: dict[CallSite, Any] = {}
         self._on_state = on_state
@@ -227,16 +227,38 @@ class Subchannel:
         self._error: str | None = None     # connection_error(), until the state changes
         self._diagnosing = False
         self._monitor = factory.monitor
-        # grpc core's channel, reached through a private attribute; without it (a future
-        # grpcio), fall back to the public subscribe() with its thread per channel.
-        core = getattr(self.raw, "_channel", None)
-        self._check: Callable[[bool], Any] | None = getattr(core, "check_connectivity_state",
-                                                            None)
-        if self._check is not None:
-            self._check(True)           # start connecting now; the first state arrives
-            self._monitor.add(self)     # from the scheduler, never from inside create()
-        else:
-            self.raw.subscribe(self._deliver, try_to_connect=True)
+        self._check: Callable[[bool], Any] | None = None
+        factory.opener.add(self)
+
+    def open(self) -> None:
+        """Make the grpc channel and start connecting (once; not after shutdown)."""
+        factory = self._factory
+        with self._lock:
+            if self._closed or self.channel is not None:
+                return
+            target = grpc_target(self.address)
+            options = list(factory.options)
+            if factory.credentials is None:
+                channel = grpc.insecure_channel(target, options, factory.compression)
+            else:
+                channel = grpc.secure_channel(target, factory.credentials, options,
+                                              factory.compression)
+            raw = raw_channel(channel)
+            if raw is not channel:
+                tag_spans(channel, raw, self.address)
+            self.raw, self.channel = raw, channel
+            # grpc core's channel, reached through a private attribute; without it (a
+            # future grpcio), fall back to the public subscribe() with its thread per
+            # channel.
+            core = getattr(raw, "_channel", None)
+            check: Callable[[bool], Any] | None = getattr(core, "check_connectivity_state",
+                                                          None)
+            self._check = check
+            if check is not None:
+                check(True)                 # start connecting now; the first state arrives
+                self._monitor.add(self)     # from the scheduler (never inside create())
+            else:
+                raw.subscribe(self._deliver, try_to_connect=True)
 
     # ------------------------------------------------------------ connectivity
     def poll(self) -> bool:
@@ -280,7 +302,7 @@ class Subchannel:
             self._on_state(TO_LBCLIENT[state])
 
     def request_connection(self) -> None:
-        if self._closed:
+        if self._closed or self.channel is None:   # not open yet: it connects when it is
             return
         if self._check is not None:
             try:
@@ -303,10 +325,18 @@ class Subchannel:
         connection ends at once, locally, with it) and kept until the state changes."""
         if self._last is not Connectivity.TRANSIENT_FAILURE:
             return None
+        if self._error is None:
+            self._diagnose()     # skipped when it failed (the budget): try again now
         return self._error
 
     def _diagnose(self) -> None:
-        if self._diagnosing or self._closed:
+        """Fetch grpc's account of the failure, within the factory's budget: a probe
+        costs a call and a grpc thread (~0.5 ms of CPU), and only one failed endpoint's
+        account is ever shown (:func:`lbclient._core.picking.explain`), so a grow to
+        10,000 refusing endpoints must not probe each of them."""
+        if self._diagnosing or self._closed or self.raw is None:
+            return
+        if not self._factory.diagnoses.take():
             return
         self._diagnosing = True
         probe: Any = self.raw.unary_unary(_DIAGNOSE)        # bytes in, bytes out
@@ -353,8 +383,10 @@ class Subchannel:
             if self._closed:
                 return
             self._closed = True
-        self._monitor.remove(self)
-        self._factory.close_later(self)
+            opened = self.channel is not None
+        if opened:        # (one never opened is dropped by the opener)
+            self._monitor.remove(self)
+            self._factory.close_later(self)
 
     def close_now(self) -> None:
         if self._check is None:
@@ -369,7 +401,9 @@ def _noop(_: grpc.ChannelConnectivity) -> None:
 class SubchannelFactory:
     """Creates :class:`Subchannel` objects with the channel's credentials, options and
     compression, all watched by one :class:`ConnectivityMonitor` on ``scheduler``, and
-    closes the connections of removed endpoints off grpc's threads."""
+    closes the connections of removed endpoints off grpc's threads. Their grpc channels
+    are made a slice at a time on the scheduler (:class:`~lbclient._sync.pacing.Opener`),
+    and connection-error probes are bounded (``diagnoses``: 8 a second)."""
 
     def __init__(self, credentials: grpc.ChannelCredentials | None, options: ChannelOptions,
                  scheduler: ThreadScheduler, compression: grpc.Compression | None = None,
@@ -379,6 +413,8 @@ class SubchannelFactory:
         self.compression = compression
         self._scheduler = scheduler
         self.monitor = ConnectivityMonitor(scheduler)
+        self.opener = Opener(scheduler)
+        self.diagnoses = TokenBucket(8.0, 8)
         self._lock = threading.Lock()
         self._pending: dict[int, Subchannel] = {}
         self._closing = False
@@ -416,6 +452,7 @@ class SubchannelFactory:
     def close(self) -> None:
         """The channel is closing: from now on connections close at once, and those
         waiting for the scheduler are closed here."""
+        self.opener.close()
         with self._lock:
             self._closing = True
             pending = list(self._pending.values())
