@@ -124,6 +124,22 @@ def test_hashing_smoke_modulo_moves_most_keys() -> None:
     assert all(_finite(v) for v in section.metrics.values())
 
 
+def test_retry_budget_smoke_holds_every_gate_to_its_storm_bound() -> None:
+    """No gate, A6 throttling, Envoy's and Finagle's budgets: a short retry storm and one
+    failing backend, real channels. Structure, plus the storm bounds (they hold at any
+    load: A6 4 retries in all, Envoy <= L retries in flight, Finagle reserve + 20 %)."""
+    from benchmarks import bench_retry_budget
+
+    section = bench_retry_budget.run_smoke()
+    assert section.status == "ok" and len(section.tables) == 3
+    m = section.metrics
+    assert m["storm.none.attempts_per_call"] == 5.0          # maxAttempts, every call
+    for key in ("a6", "envoy", "finagle"):
+        assert m[f"storm.{key}.within_bound"] == 1.0, key
+        assert 1.0 <= m[f"storm.{key}.attempts_per_call"] <= m[f"storm.{key}.bound"], key
+    assert all(_finite(v) for v in m.values())
+
+
 # ----------------------------------------------------------------------------- overhead
 
 
