@@ -1,133 +1,247 @@
-"""Picker figures for every balancing policy: pure pick cost and picker rebuild time at
-3 / 100 / 1,000 / 10,000 endpoints (no network).
+"""Picker figures for every registered balancing policy at 3 / 300 / 10,000 endpoints: pick
+cost, pick + done, and the rebuilds the balancer asks for (no network).
 
-* Pick: ``picker.pick(PickInfo)`` alone, in microseconds (median of 5 timed batches that
-  share the time budget). Every PickInfo carries a key header (1,024 distinct keys,
-  cycled), so ring_hash / maglev / sticky take their keyed path. least_connections counts
-  at pick time; its in-flight counters are reset after each batch.
-* Rebuild, eligibility change: ``policy.build_picker(candidates)`` on a policy that has
-  seen these endpoints before (what the balancer does when one goes in or out of
-  service). Hash layouts (ring, Maglev table) are reused here.
-* Rebuild, new endpoint list: a fresh policy told the whole list and asked for its first
-  picker (what a resolver update with new addresses costs): ring points / the Maglev table
-  are computed from scratch.
+* Pick: ``picker.pick(PickInfo)`` alone, in microseconds of this thread's CPU (median of
+  timed batches). Every PickInfo carries a key header (1,024 distinct keys, cycled), so
+  ring_hash / maglev / sticky take their keyed path. Calls counted at pick time
+  (least_connections) are ended after each batch, outside the timing.
+* Pick + done: what the channel adds per call in the picker layer: the pick,
+  ``stats.begin()`` unless the picker counted the call, ``stats.record()``, the pick's
+  ``on_done`` (so least_connections' index update at the end is in it).
+* Rebuild, eligibility change: ``policy.build_picker(candidates)`` alternating between
+  every endpoint and every endpoint but one (one endpoint leaves or rejoins service).
+* Rebuild, small endpoint-set change: a resolver update adding or removing one endpoint,
+  as the balancer applies it: ``select_endpoints`` (subsetting), ``endpoints_changed``,
+  ``build_picker``.
+* First build: a new policy given a new endpoint list (the same three calls): hash
+  layouts, subsetting hashes and group tables from scratch.
 
-Run: ``.venv/bin/python -m benchmarks.bench_pickers [--quick]`` (prints markdown); also a
-scenario of ``python -m benchmarks.run``.
+Endpoints carry weights 1..5 (cycled), a zone ``z0``..``z3`` and a priority (every
+fourth endpoint is priority 1), so weight-aware policies take their weighted path and
+the group policies have groups. Run: ``.venv/bin/python -m benchmarks.bench_pickers
+[--quick]`` (prints markdown); also a scenario of ``python -m benchmarks.run``.
 """
 
 from __future__ import annotations
 
+import gc
+import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from benchmarks._common import Section, Table, fake_candidates, pure_policy, standalone_main
-from lbclient.balancer.picker import PickInfo
-from lbclient.balancer.policy import get_policy
+from benchmarks._common import NullScheduler, Section, Table, standalone_main
+from lbclient.balancer.picker import CallOutcome, Candidate, EndpointStats, PickInfo
+from lbclient.balancer.policy import PolicyContext, get_policy, registered_policies
+from lbclient.endpoint import Endpoint
 
-TITLE = "Picker cost per policy: pick and rebuild at 3 / 100 / 1,000 / 10,000 endpoints"
+TITLE = "Picker cost per policy: pick and rebuild at 3 / 300 / 10,000 endpoints"
 HEADER = "x-lb-key"
 METHOD = "/lbclient.testing.echo.v1.Echo/Unary"
-POLICIES: dict[str, dict[str, Any]] = {
-    "round_robin": {},
-    "weighted_round_robin": {},
-    "least_connections": {},
-    "least_request": {},
-    "random": {},
-    "peak_ewma": {},
+RR = [{"round_robin": {}}]
+# A config for every built-in policy that needs one to have something to do; the others
+# are benchmarked with {} (and a policy registered later with a round_robin childPolicy).
+CONFIGS: dict[str, dict[str, Any]] = {
     "ring_hash": {"requestHashHeader": HEADER},
     "maglev": {"requestHashHeader": HEADER},
-    "sticky": {"sessionHeader": HEADER},
+    "sticky": {"sessionHeader": HEADER, "childPolicy": RR},
+    "outlier_detection": {"failurePercentageEjection": {}, "childPolicy": RR},
+    "priority": {"childPolicy": RR},
+    "zone_aware": {"localZone": "z0", "childPolicy": RR},
+    "weighted_target": {"targets": {f"z{i}": {"weight": 40 - 10 * i} for i in range(4)}},
+    "random_subsetting": {"subsetSize": 10, "childPolicy": RR},
+    "deterministic_subsetting": {"clientIndex": 7, "clientCount": 100, "subsetSize": 10,
+                                 "childPolicy": RR},
 }
+GOAL_REBUILD_MS = 20.0          # rebuild <= 20 ms at 10,000 endpoints, every policy
+GOAL_LC_PICK_US = 10.0          # least_connections pick <= 10 us at 10,000 endpoints
+GOAL_SIZE = 10_000
 
 
 @dataclass(frozen=True)
 class Settings:
-    sizes: tuple[int, ...] = (3, 100, 1_000, 10_000)
-    pick_seconds: float = 0.4      # per (policy, size)
-    rebuild_seconds: float = 0.6   # per (policy, size, kind); at least one build
-    max_rebuilds: int = 20
+    sizes: tuple[int, ...] = (3, 300, 10_000)
+    pick_seconds: float = 0.3      # CPU per (policy, size), pick and pick + done each
+    rebuild_seconds: float = 0.4   # CPU per (policy, size, kind); at least one build
+    max_rebuilds: int = 15
 
 
 FULL = Settings()
-QUICK = replace(FULL, pick_seconds=0.08, rebuild_seconds=0.12, max_rebuilds=5)
-SMOKE = replace(QUICK, sizes=(3, 100), pick_seconds=0.01, rebuild_seconds=0.01,
+QUICK = replace(FULL, pick_seconds=0.06, rebuild_seconds=0.1, max_rebuilds=5)
+SMOKE = replace(QUICK, sizes=(3, 30), pick_seconds=0.005, rebuild_seconds=0.005,
                 max_rebuilds=1)
 
 _INFOS = [PickInfo(METHOD, ((HEADER, f"key-{i}"),)) for i in range(1024)]
+_OK = CallOutcome("OK", 0.001)
 
 
-def _weighted(n: int) -> list[Any]:
-    """``n`` candidates with weights 1..5 (so weight-aware policies take their weighted
-    path)."""
-    out = fake_candidates(n)
-    return [c.with_weight(1 + i % 5) for i, c in enumerate(out)]
+def endpoints(n: int, seed: int = 1) -> list[Endpoint]:
+    """``n`` endpoints on distinct fake addresses with weights, zones and priorities."""
+    rng = random.Random(seed)
+    out = []
+    for i, o in enumerate(rng.sample(range(1 << 24), n)):
+        address = f"10.{o >> 16}.{(o >> 8) & 255}.{o & 255}:50051"
+        out.append(Endpoint(address, 1 + i % 5,
+                            {"zone": f"z{i % 4}", "priority": 1 if i % 4 == 3 else 0}))
+    return out
 
 
-def pick_cost(name: str, n: int, budget: float) -> float:
-    """Median microseconds per pick."""
-    cands = _weighted(n)
-    policy = pure_policy(name, POLICIES[name])
-    policy.endpoints_changed([c.endpoint for c in cands])
-    picker = policy.build_picker(cands)
-    infos, k = _INFOS, len(_INFOS)
-    for i in range(min(k, 200)):  # warm up (sticky: place the sessions)
-        picker.pick(infos[i])
-    batches: list[float] = []
-    deadline = time.perf_counter() + budget
-    batch = 64
-    while len(batches) < 5 or time.perf_counter() < deadline:
-        t0 = time.perf_counter()
-        for i in range(batch):
-            picker.pick(infos[i % k])
-        dt = time.perf_counter() - t0
-        batches.append(dt / batch * 1e6)
-        if name == "least_connections":
-            for c in cands:
-                while c.stats.in_flight:
-                    c.stats.discard()
-        if dt < budget / 20:
-            batch = min(batch * 2, 65536)
-        if len(batches) >= 5 and time.perf_counter() >= deadline:
+def candidates(eps: Sequence[Endpoint]) -> list[Candidate]:
+    return [Candidate(e, float(e.weight), EndpointStats(time.monotonic), None) for e in eps]
+
+
+def make(name: str, raw: dict[str, Any], seed: int = 1) -> Any:
+    spec = get_policy(name)
+    assert spec is not None, name
+    config = spec.parse_config(raw, f"loadBalancingConfig[0].{name}")
+    return spec.create(config, PolicyContext(clock=time.monotonic, rng=random.Random(seed),
+                                             scheduler=NullScheduler()))
+
+
+def policies(notes: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(name, config) per distinct registered policy (aliases folded, named once)."""
+    seen: set[int] = set()
+    out = []
+    for name in registered_policies():
+        spec = get_policy(name)
+        if spec is None or id(spec) in seen:
+            continue
+        seen.add(id(spec))
+        tries = [CONFIGS.get(spec.name, {}), {"childPolicy": RR}]
+        for raw in tries:
+            try:
+                make(spec.name, raw)
+            except ValueError:
+                continue
+            out.append((spec.name, raw))
             break
-    return statistics.median(batches)
+        else:
+            notes.append(f"`{spec.name}`: needs a config this benchmark does not build; "
+                         "skipped.")
+    return sorted(out, key=lambda p: (p[0] != "round_robin", p[0]))
 
 
-def _time(fn: Callable[[], object], budget: float, limit: int) -> float:
-    """Median milliseconds of ``fn()`` within ``budget`` seconds (1..limit runs)."""
+class World:
+    """One policy over endpoint lists, applied the way the balancer applies them (the
+    candidates of each list are made beforehand, outside the timing)."""
+
+    def __init__(self, name: str, raw: dict[str, Any], *lists: list[Endpoint]) -> None:
+        self.name, self.raw = name, raw
+        self.cands: dict[int, list[Candidate]] = {}
+        self.by_address: dict[str, Candidate] = {}
+        for eps in lists:
+            made = []
+            for e in eps:
+                c = self.by_address.get(e.address)
+                if c is None:
+                    c = self.by_address[e.address] = candidates([e])[0]
+                made.append(c)
+            self.cands[id(eps)] = made
+        self.policy = make(name, raw)
+        self.picker = self.apply(self.policy, lists[0])
+
+    def apply(self, policy: Any, eps: list[Endpoint]) -> Any:
+        """A resolver update: select, tell, build (every selected endpoint eligible)."""
+        chosen = policy.select_endpoints(eps)
+        policy.endpoints_changed(chosen)
+        if chosen is eps:
+            return policy.build_picker(self.cands[id(eps)])
+        return policy.build_picker([self.by_address[e.address] for e in chosen])
+
+
+def _cpu(fn: Callable[[], object], budget: float, limit: int) -> float:
+    """Median thread-CPU milliseconds of ``fn()`` (1..limit runs within ``budget``),
+    with the garbage collector paused while it runs (a collection costs what the whole
+    heap holds, not what the policy does; it is run between the timed calls)."""
     runs: list[float] = []
-    deadline = time.perf_counter() + budget
-    while not runs or (len(runs) < limit and time.perf_counter() < deadline):
-        t0 = time.perf_counter()
-        fn()
-        runs.append((time.perf_counter() - t0) * 1e3)
+    wall_end = time.monotonic() + 20 * budget + 5
+    while not runs or (len(runs) < limit and sum(runs) < budget * 1e3
+                       and time.monotonic() < wall_end):
+        gc.collect()
+        gc.disable()
+        try:
+            t0 = time.thread_time()
+            fn()
+            runs.append((time.thread_time() - t0) * 1e3)
+        finally:
+            gc.enable()
     return statistics.median(runs)
 
 
-def rebuild_costs(name: str, n: int, s: Settings) -> tuple[float, float]:
-    """(eligibility change ms, new endpoint list ms)."""
-    cands = _weighted(n)
-    endpoints = [c.endpoint for c in cands]
-    policy = pure_policy(name, POLICIES[name])
-    policy.endpoints_changed(endpoints)
-    policy.build_picker(cands)
-    rest = cands[1:] or cands
+def pick_costs(picker: Any, budget: float) -> tuple[float, float]:
+    """(pick, pick + done) in microseconds of thread CPU per call."""
+    infos = _INFOS
+
+    def picks(count: int) -> float:
+        held = []
+        t0 = time.thread_time()
+        for i in range(count):
+            held.append(picker.pick(infos[i & 1023]))
+        dt = time.thread_time() - t0
+        for r in held:                       # end the calls counted at pick time
+            if r.counted:
+                r.candidate.stats.record(0.001, False)
+        return dt
+
+    def picks_done(count: int) -> float:
+        t0 = time.thread_time()
+        for i in range(count):
+            r = picker.pick(infos[i & 1023])
+            stats = r.candidate.stats
+            if not r.counted:
+                stats.begin()
+            stats.record(0.001, False)
+            if r.on_done is not None:
+                r.on_done(_OK)
+        return time.thread_time() - t0
+
+    out = []
+    for run in (picks, picks_done):
+        for i in range(64):                  # warm up (sticky: place the sessions)
+            run(1) if i else run(256)
+        per: list[float] = []
+        batch, spent = 256, 0.0
+        while len(per) < 5 or spent < budget:
+            dt = run(batch)
+            per.append(dt / batch * 1e6)
+            spent += dt
+            if dt < budget / 20:
+                batch = min(batch * 2, 1 << 15)
+            if len(per) >= 40:
+                break
+        out.append(statistics.median(per))
+    return out[0], out[1]
+
+
+def rebuild_costs(name: str, raw: dict[str, Any], n: int, s: Settings
+                  ) -> dict[str, float]:
+    eps = endpoints(n)
+    grown = [*eps, endpoints(n + 1, seed=2)[-1]]
+    world = World(name, raw, eps, grown)
+    policy = world.policy
+    subset = getattr(policy, "subset", None)
+    every = [world.by_address[a] for a in subset] if subset else world.cands[id(eps)]
+    fewer = every[1:] or every
     flip = [0]
 
     def eligibility() -> None:
         flip[0] ^= 1
-        policy.build_picker(rest if flip[0] else cands)
+        policy.build_picker(fewer if flip[0] else every)
 
-    def fresh() -> None:
-        p = pure_policy(name, POLICIES[name])
-        p.endpoints_changed(endpoints)
-        p.build_picker(cands)
+    flip2 = [0]
 
-    return (_time(eligibility, s.rebuild_seconds, s.max_rebuilds),
-            _time(fresh, s.rebuild_seconds, s.max_rebuilds))
+    def small_change() -> None:
+        flip2[0] ^= 1
+        world.apply(policy, grown if flip2[0] else eps)
+
+    def first_build() -> None:
+        world.apply(make(name, raw), eps)
+
+    return {"rebuild_ms": _cpu(eligibility, s.rebuild_seconds, s.max_rebuilds),
+            "small_change_ms": _cpu(small_change, s.rebuild_seconds, s.max_rebuilds),
+            "first_build_ms": _cpu(first_build, s.rebuild_seconds, s.max_rebuilds)}
 
 
 def _fmt(value: float) -> str:
@@ -139,41 +253,85 @@ def _fmt(value: float) -> str:
 
 
 def measure(s: Settings) -> Section:
-    names = [n for n in POLICIES if get_policy(n) is not None]
-    skipped = [n for n in POLICIES if n not in names]
-    sizes = [f"{n:,}" for n in s.sizes]
-    picks = Table(["policy", *[f"{x} endpoints" for x in sizes]],
-                  caption="pick cost, microseconds per pick (median of timed batches)")
-    elig = Table(["policy", *[f"{x} endpoints" for x in sizes]],
-                 caption="picker rebuild after an eligibility change, milliseconds")
-    fresh = Table(["policy", *[f"{x} endpoints" for x in sizes]],
-                  caption="first picker for a new endpoint list (layouts from scratch), ms")
-    section = Section(TITLE, tables=[picks, elig, fresh])
-    for name in names:
-        p_row, e_row, f_row = [name], [name], [name]
+    notes: list[str] = []
+    chosen = policies(notes)
+    cols = [f"{n:,}" for n in s.sizes]
+    picks = Table(["policy", *cols], caption="pick, µs per pick (thread CPU)")
+    dones = Table(["policy", *cols], caption="pick + done (what a call costs in the "
+                                             "picker layer), µs")
+    elig = Table(["policy", *cols], caption="rebuild after an eligibility change, ms")
+    small = Table(["policy", *cols], caption="rebuild after a small endpoint-set change "
+                                             "(one endpoint added or removed), ms")
+    fresh = Table(["policy", *cols], caption="first build for a new endpoint list "
+                                             "(a new policy: layouts from scratch), ms")
+    section = Section(TITLE, tables=[picks, dones, elig, small, fresh])
+    for name, raw in chosen:
+        rows = {t: [name] for t in ("pick", "done", "elig", "small", "fresh")}
         for n in s.sizes:
-            us = pick_cost(name, n, s.pick_seconds)
-            e_ms, f_ms = rebuild_costs(name, n, s)
-            p_row.append(_fmt(us))
-            e_row.append(_fmt(e_ms))
-            f_row.append(_fmt(f_ms))
-            section.metrics[f"{name}.{n}.pick_us"] = us
-            section.metrics[f"{name}.{n}.rebuild_ms"] = e_ms
-            section.metrics[f"{name}.{n}.first_build_ms"] = f_ms
-        picks.rows.append(p_row)
-        elig.rows.append(e_row)
-        fresh.rows.append(f_row)
-    section.notes.append(
-        "Weights are 1..5 (cycled) so weight-aware policies take their weighted path; "
-        "hash keys come from a header (1,024 keys). Pure Python pickers on one core of "
-        "a shared 2-core machine: compare rows, not absolute values.")
-    section.notes.append(
-        "O(n) per pick by design: least_connections (exact scan). O(1)/O(log n): the "
-        "others. maglev's first build fills a 65,537-entry table; ring_hash's hashes up "
-        "to 4,096 ring points (gRFC A42 sizes).")
-    if skipped:
-        section.notes.append("not registered, skipped: " + ", ".join(skipped))
+            world = World(name, raw, endpoints(n))
+            pick_us, done_us = pick_costs(world.picker, s.pick_seconds)
+            world.policy.close()
+            costs = rebuild_costs(name, raw, n, s)
+            m = section.metrics
+            m[f"{name}.{n}.pick_us"] = pick_us
+            m[f"{name}.{n}.pick_done_us"] = done_us
+            for key, value in costs.items():
+                m[f"{name}.{n}.{key}"] = value
+            rows["pick"].append(_fmt(pick_us))
+            rows["done"].append(_fmt(done_us))
+            rows["elig"].append(_fmt(costs["rebuild_ms"]))
+            rows["small"].append(_fmt(costs["small_change_ms"]))
+            rows["fresh"].append(_fmt(costs["first_build_ms"]))
+        picks.rows.append(rows["pick"])
+        dones.rows.append(rows["done"])
+        elig.rows.append(rows["elig"])
+        small.rows.append(rows["small"])
+        fresh.rows.append(rows["fresh"])
+    section.notes += goal_notes(section.metrics, [n for n, _ in chosen], s)
+    section.notes += [
+        "Thread CPU time (`time.thread_time()`), one thread: time descheduled on a shared "
+        "machine is not counted, cache and frequency effects are (compare rows of one run, "
+        "expect ±20% between runs). Rebuilds are timed with the garbage collector paused "
+        "(it runs between them): a collection's cost is the whole heap's, not the "
+        "policy's.",
+        "Pick cost is O(1) or O(log n) for every policy: least_connections walks a "
+        "tournament tree of in_flight/weight kept by the endpoints' in-flight watchers "
+        "(no scan); ring_hash bisects its ring; maglev indexes its table. A rebuild "
+        "compares the candidates with what the policy holds and moves only what changed.",
+        "Hash layouts cover every endpoint the resolver reported (gRFC A42): an "
+        "eligibility change reuses them; a small endpoint-set change reuses every cached "
+        "per-address hash (ring_hash: point hashes; maglev: permutations) but maglev "
+        "refills its 65,537-entry table, which is what its first build also does, plus "
+        "two XXH64 per endpoint in pure Python.",
+        "Subsetting rows: the policy keeps 10 endpoints (round_robin child), so pick and "
+        "eligibility costs are the child's over the subset; the set-change and first-"
+        "build columns are the selection over all endpoints.",
+    ]
+    section.notes += notes
     return section
+
+
+def goal_notes(metrics: dict[str, float], names: list[str], s: Settings) -> list[str]:
+    if GOAL_SIZE not in s.sizes:
+        return [f"Goals (rebuild ≤ {GOAL_REBUILD_MS:g} ms and least_connections pick ≤ "
+                f"{GOAL_LC_PICK_US:g} µs at {GOAL_SIZE:,} endpoints): not measured in "
+                "this mode."]
+    out = []
+    for kind, label in (("rebuild_ms", "eligibility change"),
+                        ("small_change_ms", "small endpoint-set change"),
+                        ("first_build_ms", "first build")):
+        over = {n: metrics[f"{n}.{GOAL_SIZE}.{kind}"] for n in names
+                if metrics[f"{n}.{GOAL_SIZE}.{kind}"] > GOAL_REBUILD_MS}
+        status = "met by every policy" if not over else "NOT met by " + ", ".join(
+            f"{n} ({v:,.0f} ms)" for n, v in over.items())
+        out.append(f"Goal: rebuild ≤ {GOAL_REBUILD_MS:g} ms at {GOAL_SIZE:,} endpoints, "
+                   f"{label}: {status}.")
+    lc = metrics.get(f"least_connections.{GOAL_SIZE}.pick_us")
+    if lc is not None:
+        verdict = "met" if lc <= GOAL_LC_PICK_US else "NOT met"
+        out.append(f"Goal: least_connections pick ≤ {GOAL_LC_PICK_US:g} µs at "
+                   f"{GOAL_SIZE:,} endpoints: {lc:.1f} µs ({verdict}).")
+    return out
 
 
 def run(quick: bool) -> Section:

@@ -1,7 +1,8 @@
 """Metrics policies record (gRFC A79's non-per-call metrics), stdlib only.
 
 A policy records counters and histograms under the names its gRFC gives them (e.g.
-``grpc.lb.wrr.rr_fallback``, A78) with the labels only it knows (``grpc.lb.locality``);
+``grpc.lb.wrr.rr_fallback``, A78) with the labels only it knows (``grpc.lb.locality``,
+from :data:`LOCALITY_OPTION` in its context's options);
 the exporters that attached a sink add the channel's own labels (``grpc.target``) and
 turn them into instruments. The balancer puts its :class:`LbMetrics` in every
 :class:`~lbclient.balancer.policy.PolicyContext`'s ``options`` under
@@ -21,6 +22,10 @@ from typing import Protocol
 log = logging.getLogger("lbclient.metrics")
 
 METRICS_OPTION = "lbclient.metrics"
+# The locality a child policy balances, for its ``grpc.lb.locality`` label (gRFC A78: the
+# name ``weighted_target`` gives its child; group policies put it in the child's options).
+LOCALITY_OPTION = "lbclient.lb_locality"
+LOCALITY_LABEL = "grpc.lb.locality"
 
 
 class MetricSink(Protocol):

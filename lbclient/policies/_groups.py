@@ -21,6 +21,7 @@ so the policy state here needs no lock. Pickers are immutable and lock-free.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 import re
@@ -66,12 +67,19 @@ class Locality:
         return self.zone or self.region
 
 
+@functools.lru_cache(maxsize=4096)
 def locality_from_string(value: str) -> Locality:
-    """``"region/zone"`` -> both; ``"zone"`` (no slash) -> a zone only."""
+    """``"region/zone"`` -> both; ``"zone"`` (no slash) -> a zone only (cached: a fleet
+    has few localities and a Locality is immutable)."""
     region, sep, zone = value.strip().partition("/")
     if not sep:
         return Locality(zone=region)
     return Locality(region.strip(), zone.strip())
+
+
+@functools.lru_cache(maxsize=4096)
+def _locality(region: str, zone: str) -> Locality:
+    return Locality(region, zone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +111,8 @@ def _lenient_locality(attributes: Mapping[str, Any]) -> Locality:
         region, zone = value.get("region", ""), value.get("zone", "")
     else:
         region, zone = attributes.get("region", ""), attributes.get("zone", "")
-    return Locality(region if isinstance(region, str) else "",
-                    zone if isinstance(zone, str) else "")
+    return _locality(region if isinstance(region, str) else "",
+                     zone if isinstance(zone, str) else "")
 
 
 class EndpointAttributes:
@@ -284,15 +292,18 @@ class SplitPicker:
 # ------------------------------------------------------------------ child policies
 class ChildGroup:
     """Child policies keyed by group, each with its own :class:`PolicyContext`: the
-    parent's clock, scheduler, options and rebuild request, and its own ``rng`` seeded
-    from the parent's. A child is created when its group first appears, closed when its
-    group disappears from the endpoint list (that ``close()`` runs with the balancer's
-    lock held, so a child's ``close`` must only cancel timers), and all are closed with
-    the parent."""
+    parent's clock, scheduler, options (plus ``options_for(key)``) and rebuild request,
+    and its own ``rng`` seeded from the parent's. A child is created when its group first
+    appears, closed when its group disappears from the endpoint list (that ``close()``
+    runs with the balancer's lock held, so a child's ``close`` must only cancel timers),
+    and all are closed with the parent."""
 
-    def __init__(self, ctx: PolicyContext, choice_for: Callable[[Hashable], LbChoice]) -> None:
+    def __init__(self, ctx: PolicyContext, choice_for: Callable[[Hashable], LbChoice],
+                 options_for: Callable[[Hashable], Mapping[str, Any]] | None = None
+                 ) -> None:
         self._ctx = ctx
         self._choice_for = choice_for
+        self._options_for = options_for
         self._children: dict[Hashable, Policy] = {}
         self._closed = False
 
@@ -302,9 +313,12 @@ class ChildGroup:
             if self._closed:
                 raise RuntimeError("group policy is closed")
             ctx = self._ctx
+            options = dict(ctx.options)
+            if self._options_for is not None:
+                options.update(self._options_for(key))
             sub = PolicyContext(clock=ctx.clock, rng=random.Random(ctx.rng.getrandbits(64)),
                                 scheduler=ctx.scheduler, request_rebuild=ctx.request_rebuild,
-                                options=dict(ctx.options))
+                                options=options)
             policy = self._children[key] = self._choice_for(key).create(sub)
         return policy
 
@@ -336,14 +350,18 @@ def group_by(items: Iterable[Any],
 class GroupedPolicy(Policy):
     """Base of the group policies: endpoints are put in groups by :meth:`group_of`, each
     group is balanced by its own child policy, and :meth:`shares` says how much traffic
-    each group gets (given each group's eligible candidates and total size)."""
+    each group gets (given each group's eligible candidates and total size).
+
+    An endpoint's group is computed once per endpoint object and cached by address
+    (:meth:`group`), so a rebuild over 10,000 endpoints is dictionary lookups."""
 
     def __init__(self, config: Any, ctx: PolicyContext, attributes: EndpointAttributes) -> None:
         super().__init__(config, ctx)
         self.attributes = attributes
-        self.children = ChildGroup(ctx, self.child_choice)
+        self.children = ChildGroup(ctx, self.child_choice, self.child_options)
         self._rng = random.Random(ctx.rng.getrandbits(64))  # picker start offsets
         self._known: dict[Hashable, frozenset[str]] = {}
+        self._groups: dict[str, tuple[Endpoint, Hashable | None]] = {}
 
     # -- hooks for subclasses
     def group_of(self, endpoint: Endpoint) -> Hashable | None:
@@ -362,24 +380,42 @@ class GroupedPolicy(Policy):
     def no_group_reason(self) -> str:
         return "no eligible endpoint belongs to a group"
 
+    def child_options(self, key: Hashable) -> Mapping[str, Any]:
+        """Options added to the context of the child of group ``key``."""
+        return {}
+
+    def group(self, endpoint: Endpoint) -> Hashable | None:
+        """:meth:`group_of`, cached per address while the endpoint object is the same."""
+        cached = self._groups.get(endpoint.address)
+        if cached is not None and cached[0] is endpoint:
+            return cached[1]
+        key = self.group_of(endpoint)
+        self._groups[endpoint.address] = (endpoint, key)
+        return key
+
     # -- Policy
     def endpoints_changed(self, endpoints: Sequence[Endpoint]) -> None:
-        groups = group_by(endpoints, self.group_of)
+        groups = group_by(endpoints, self.group)
+        if len(self._groups) > 2 * len(endpoints) + 64:   # forget departed addresses
+            present = {e.address for e in endpoints}
+            self._groups = {a: v for a, v in self._groups.items() if a in present}
         self._known = {k: frozenset(e.address for e in v) for k, v in groups.items()}
         self.children.sync(groups)
 
     def endpoint_weight(self, candidate: Candidate) -> float:
-        key = self.group_of(candidate.endpoint)
+        key = self.group(candidate.endpoint)
         return candidate.weight if key is None else self.children.child(key).endpoint_weight(
             candidate)
 
     def build_picker(self, candidates: Sequence[Candidate]) -> Picker:
-        by_group = group_by(candidates, lambda c: self.group_of(c.endpoint))
+        group = self.group
+        by_group = group_by(candidates, lambda c: group(c.endpoint))
         keys = self.order(set(self._known) | set(by_group))
         stats = []
         for key in keys:
             mine = by_group.get(key, [])
-            total = len(self._known.get(key, frozenset()) | {c.address for c in mine})
+            known = self._known.get(key, frozenset())
+            total = len(known) + sum(1 for c in mine if c.address not in known)
             stats.append((key, len(mine), total))
         shares = self.shares(stats)
         # Groups with eligible endpoints but no share stay in as retry fallbacks.

@@ -25,6 +25,7 @@ Threading: the policy hooks run under the balancer lock; pickers are immutable.
 from __future__ import annotations
 
 import bisect
+import operator
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
@@ -66,8 +67,9 @@ def hash_key(endpoint: Endpoint) -> str:
 
 
 class HashPicker:
-    """Immutable: the layout, the eligible candidate of each member (or None) and the
-    eligible slots (None when every member is eligible)."""
+    """Immutable: the layout, the eligible candidate of each member (or None), and the
+    eligible slots in order (only when fewer than half of the members are eligible;
+    otherwise a pick steps forward from its slot to the first eligible owner)."""
 
     __slots__ = ("_layout", "_owners", "_elig", "_elig_slots", "_candidates", "_header",
                  "_rng", "_factor", "_share")
@@ -78,18 +80,21 @@ class HashPicker:
         by_address = {c.address: c for c in candidates}
         self._layout = layout
         self._owners = layout.owners
-        self._elig = tuple(by_address.get(a) for a in layout.members)
+        self._elig = tuple(map(by_address.get, layout.members))
         self._candidates = tuple(candidates)
-        if all(e is not None for e in self._elig):
-            self._elig_slots: list[int] | None = None
-        else:
-            self._elig_slots = [s for s, m in enumerate(self._owners)
-                                if self._elig[m] is not None]
+        eligible = len(self._elig) - self._elig.count(None)
+        self._elig_slots: list[int] | None = None
+        if 2 * eligible < len(self._elig):   # mostly ineligible: bisect eligible slots
+            elig = self._elig
+            self._elig_slots = [s for s, m in enumerate(self._owners) if elig[m] is not None]
         self._header = header
         self._rng = rng
         self._factor = balance_factor / 100.0 if balance_factor is not None else None
-        total = sum(weight_of(weights, c) for c in self._candidates)
-        self._share = {c.address: weight_of(weights, c) / total for c in self._candidates}
+        self._share: dict[str, float] = {}
+        if self._factor is not None:
+            total = sum(weight_of(weights, c) for c in self._candidates)
+            self._share = {c.address: weight_of(weights, c) / total
+                           for c in self._candidates}
 
     def pick(self, info: PickInfo) -> PickResult:
         value = header_value(info, self._header)
@@ -115,14 +120,14 @@ class HashPicker:
     def _walk(self, slot: int) -> Iterator[Candidate]:
         """Eligible owners from ``slot`` on, once around the layout."""
         owners, elig = self._owners, self._elig
-        if self._elig_slots is None:
+        slots = self._elig_slots
+        if slots is None:
             n = len(owners)
             for k in range(n):
                 c = elig[owners[(slot + k) % n]]
-                assert c is not None
-                yield c
+                if c is not None:
+                    yield c
             return
-        slots = self._elig_slots
         if not slots:
             return
         j = bisect.bisect_left(slots, slot)
@@ -143,45 +148,165 @@ class HashPicker:
         return fits
 
 
+class LayoutJob(Protocol):
+    """A layout computed in slices (see :meth:`HashPolicy.start_layout`)."""
+
+    def step(self) -> Layout | None:
+        """Do one slice of a few milliseconds; the layout once it is complete."""
+
+
+_ADDRESS = operator.attrgetter("address")
+
+
 class HashPolicy(Policy):
-    """Base of ``ring_hash`` and ``maglev``: subclasses implement ``make_layout``."""
+    """Base of ``ring_hash`` and ``maglev``: subclasses implement ``make_layout`` (and
+    may implement ``start_layout`` to compute large layouts off the balancer's lock).
+
+    The members (every endpoint the resolver reported, sorted by hash key) are computed
+    when the resolver's list changes, not per picker build; the layout is rebuilt only
+    when they change. A subclass whose layout takes long to compute returns a
+    :class:`LayoutJob` from ``start_layout``: when a layout is already published and the
+    channel has a scheduler, the new one is then computed in slices on the scheduler
+    while pickers keep using the old one (endpoints that left are skipped at once, new
+    ones get their keys when the new layout is published with a rebuild request)."""
 
     def __init__(self, config: Any, ctx: PolicyContext) -> None:
         super().__init__(config, ctx)
         self._weights: dict[str, float] = dict(config.weights)
         self._all: tuple[Endpoint, ...] = ()
+        self._known: frozenset[str] = frozenset()
+        self._members: list[tuple[str, str, float]] | None = None   # of _all
+        self._last_members: list[tuple[str, str, float]] = []
+        self._member_of: dict[str, tuple[Endpoint, tuple[str, str, float]]] = {}
         self._layout_key: tuple[Any, ...] | None = None
         self._layout: Layout | None = None
+        self._laid_out: list[tuple[str, str, float]] | None = None  # members of _layout
+        self._job: tuple[tuple[Any, ...], LayoutJob] | None = None  # key, job
+        # A layout a job finished (set on the scheduler's thread, adopted by the next
+        # build, which runs under the balancer's lock like every other change here).
+        self._ready: tuple[tuple[Any, ...], Layout] | None = None
+        self._closed = False
 
     def endpoint_weight(self, candidate: Candidate) -> float:
         return weight_of(self._weights, candidate)
 
     def endpoints_changed(self, endpoints: Sequence[Endpoint]) -> None:
         self._all = tuple(endpoints)
+        self._known = frozenset(map(_ADDRESS, endpoints))
+        self._members = None
 
     def members(self, candidates: Sequence[Candidate]) -> list[tuple[str, str, float]]:
         """(hash key, address, weight) of every endpoint known, sorted by hash key then
         address (layouts are independent of resolver order, like gRPC's)."""
-        endpoints = {e.address: e for e in self._all}
-        for c in candidates:
+        if self._known.issuperset(map(_ADDRESS, candidates)):
+            if self._members is None:
+                self._members = self._compute_members(self._all, ())
+            return self._members
+        return self._compute_members(self._all, candidates)
+
+    def _compute_members(self, known: Sequence[Endpoint], extra: Sequence[Candidate]
+                         ) -> list[tuple[str, str, float]]:
+        endpoints = {e.address: e for e in known}
+        for c in extra:
             endpoints.setdefault(c.address, c.endpoint)
-        out = [(hash_key(e), a, float(self._weights.get(a, e.weight)))
-               for a, e in endpoints.items()]
+        weights, prev = self._weights, self._member_of
+        member_of: dict[str, tuple[Endpoint, tuple[str, str, float]]] = {}
+        # Unchanged endpoints (the same Endpoint object) keep their member, in the last
+        # sorted order, so the final sort is nearly linear (Timsort's runs).
+        out = []
+        for m in self._last_members:
+            a = m[1]
+            e = endpoints.get(a)
+            if e is not None and prev[a][0] is e:
+                out.append(m)
+                member_of[a] = (e, m)
+        if len(out) != len(endpoints):
+            for a, e in endpoints.items():
+                if a not in member_of:
+                    m = (hash_key(e), a, float(weights.get(a, e.weight)))
+                    out.append(m)
+                    member_of[a] = (e, m)
         out.sort()
+        self._member_of, self._last_members = member_of, out
         return out
 
     def layout_for(self, candidates: Sequence[Candidate]) -> Layout:
+        ready = self._ready
+        if ready is not None:
+            self._ready = None
+            if self._job is not None and self._job[0] == ready[0]:
+                self._job = None
+            self._layout_key, self._layout = ready
+            self._laid_out = None
         members = self.members(candidates)
+        if members is self._laid_out and self._layout is not None:
+            return self._layout
         key = tuple(members)
-        if self._layout is None or key != self._layout_key:
-            self._layout = self.make_layout(members)
-            self._layout_key = key
+        if self._layout is not None and key == self._layout_key:
+            self._laid_out = members
+            return self._layout
+        job = self._job
+        if self._layout is not None and self.ctx.scheduler is not None:
+            if job is not None and job[0] == key:
+                return self._layout                    # already being computed
+            started = self.start_layout(members)
+            if started is not None:
+                self._job = (key, started)
+                self._schedule_step(key, started)
+                return self._layout
+        self._job = None
+        self._layout = self.make_layout(members)
+        self._layout_key = key
+        self._laid_out = members
         return self._layout
 
     def make_layout(self, members: list[tuple[str, str, float]]) -> Layout:
         raise NotImplementedError
 
+    def start_layout(self, members: list[tuple[str, str, float]]) -> LayoutJob | None:
+        """A job computing the layout in slices, or None to compute it at once."""
+        return None
+
+    def _schedule_step(self, key: tuple[Any, ...], job: LayoutJob) -> None:
+        scheduler = self.ctx.scheduler
+        if scheduler is None or self._closed:
+            return
+
+        def step() -> None:
+            current = self._job
+            if self._closed or current is None or current[1] is not job:
+                return                                  # superseded or closed
+            layout = job.step()
+            if layout is None:
+                self._schedule_step(key, job)
+                return
+            self._ready = (key, layout)
+            self.ctx.request_rebuild()
+        scheduler.call_later(0.0, step)
+
+    def finish_layout(self) -> bool:
+        """Complete a layout being computed in slices now, on this thread (tests,
+        benchmarks); True if there was one. The next ``build_picker`` uses it."""
+        current = self._job
+        if current is None:
+            return False
+        key, job = current
+        layout = job.step()
+        while layout is None:
+            layout = job.step()
+        self._ready = (key, layout)
+        return True
+
+    @property
+    def layout_pending(self) -> bool:
+        """A new layout is being computed; pickers use the previous one meanwhile."""
+        return self._job is not None
+
     def build_picker(self, candidates: Sequence[Candidate]) -> HashPicker:
         cfg = self.config
         return HashPicker(self.layout_for(candidates), candidates, cfg.request_hash_header,
                           self.ctx.rng, cfg.hash_balance_factor, self._weights)
+
+    def close(self) -> None:
+        self._closed = True
+        self._job = None

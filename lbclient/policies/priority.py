@@ -91,9 +91,9 @@ class PriorityPolicy(GroupedPolicy):
         """Envoy's normalized total health: the sum of the levels' health scores
         (fit share x overprovisioning factor, capped at 1), capped at 1."""
         factor = self.config.overprovisioning_factor
-        fit_by = group_by(fit, self.group_of)
+        fit_by = group_by(fit, self.group)
         total = 0.0
-        for key, members in group_by(connected, self.group_of).items():
+        for key, members in group_by(connected, self.group).items():
             total += group_health(len(fit_by.get(key, ())), len(members), factor)
         return min(1.0, total)
 

@@ -26,20 +26,25 @@ Two deliberate differences from gRPC, both for steadier key placement:
   100 points per endpoint and the busiest endpoint takes about 1.23x the mean share of
   keys; at 4096 about 1.07x. Set ``"minRingSize": 1024`` to lay out gRPC's exact ring.
 * the ring's scale (points per unit of weight) is kept across endpoint-list updates while
-  the ring stays between ``minRingSize / 2`` and ``maxRingSize`` points: an endpoint
+  the ring stays between ``minRingSize / 2`` and ``maxRingSize`` points and every
+  endpoint keeps at least half a point's worth of weight: an endpoint
   removed by discovery then takes only its own points away, so only its keys move
   (about 1/N), instead of every share being re-spread (gRPC rebuilds at a new scale,
   which also moves a few percent of everyone else's keys). Outside those bounds the
   scale is recomputed by gRPC's rule.
 
-Picks are O(log ring); a ring is rebuilt (O(ring) hashes, cached per hash key) only when
-the endpoint list or weights change.
+Picks are O(log ring); a ring is rebuilt only when the endpoint list or weights change
+(point hashes cached per hash key; a change of a few members edits the sorted points in
+place). An eligibility change only changes which members a pick may stop at (gRFC A42):
+the ring is not rebuilt.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,11 +92,10 @@ class Ring:
 
     __slots__ = ("members", "owners", "hashes")
 
-    def __init__(self, members: tuple[str, ...], points: list[tuple[int, int]]) -> None:
-        points.sort()
+    def __init__(self, members: tuple[str, ...], hashes: list[int], owners: list[int]) -> None:
         self.members = members
-        self.hashes = [h for h, _ in points]
-        self.owners = [m for _, m in points]
+        self.hashes = hashes
+        self.owners = owners
 
     def slot(self, h: int) -> int:
         i = bisect.bisect_left(self.hashes, h)
@@ -102,57 +106,108 @@ class Ring:
 
 
 def point_counts(weights: Sequence[float], min_size: int, max_size: int) -> list[int]:
-    """Points per member (in the given order) by gRPC's/Envoy's rule."""
+    """Points per member (in the given order) by gRPC's/Envoy's rule: each member's
+    share of ``scale`` points, rounded cumulatively (the running target rounded up, never
+    below the points already handed out)."""
     total = sum(weights)
     norm = [w / total for w in weights]
     low = min(norm)
     scale = min(math.ceil(low * min_size) / low, float(max_size))
-    counts: list[int] = []
-    current, target = 0, 0.0
-    for nw in norm:
-        target += scale * nw
-        reach = max(current, math.ceil(target))
-        counts.append(reach - current)
-        current = reach
-    return counts
+    targets = itertools.accumulate([scale * nw for nw in norm])
+    reach = list(itertools.accumulate(map(math.ceil, targets), max, initial=0))
+    return list(map(operator.sub, reach[1:], reach[:-1]))
 
 
 class RingHash(HashPolicy):
+    """Point hashes are cached per hash key, and the current ring's points are kept
+    sorted, so a new ring that moves a few members' points (an endpoint added or removed
+    at an unchanged scale) is edited in place: O(changed points x log ring) plus two
+    list passes, instead of hashing and sorting every point again."""
+
     config: Config
 
     def __init__(self, config: Config, ctx: PolicyContext) -> None:
         super().__init__(config, ctx)
         self._points: dict[str, list[int]] = {}  # hash key -> XXH64("<key>_<i>"), i = 0..
         self._per_weight: float | None = None    # sticky scale: points per unit of weight
+        # The current ring: points per member address, and (hash, key, address) sorted.
+        self._ring_counts: dict[str, tuple[str, int, float]] = {}   # key, points, weight
+        self._sorted: list[tuple[int, str, str]] = []
 
     def _point_hashes(self, key: str, count: int) -> list[int]:
-        cached = self._points.setdefault(key, [])
+        cached = self._points.get(key)
+        if cached is None:
+            cached = self._points[key] = []
         for i in range(len(cached), count):
             cached.append(xxhash64(f"{key}_{i}"))
-        return cached[:count]
+        return cached
 
-    def _counts(self, weights: list[float]) -> list[int]:
-        """Points per member: the previous scale while the ring stays within
-        [minRingSize / 2, maxRingSize] points, else gRPC's rule (a new scale)."""
+    def _counts(self, members: list[tuple[str, str, float]]) -> list[int]:
+        """Points per member: with the previous scale while the ring stays within
+        [minRingSize / 2, maxRingSize] points and every member gets a point (members
+        already on the ring with the same key and weight keep their count, new ones get
+        ``round(scale x weight)``), else by gRPC's rule (a new scale)."""
+        weights = [w for _, _, w in members]
         total = sum(weights)
         per = self._per_weight
-        if per is not None and (self.config.min_ring_size / 2 <= per * total
-                                <= self.config.max_ring_size):
-            return [max(1, round(per * w)) for w in weights]
-        counts = point_counts(weights, self.config.min_ring_size, self.config.max_ring_size)
+        cfg = self.config
+        if per is not None and weights and per * min(weights) >= 0.5 and \
+                cfg.min_ring_size / 2 <= per * total <= cfg.max_ring_size:
+            old = self._ring_counts
+            counts = []
+            for key, a, w in members:
+                known = old.get(a)
+                counts.append(known[1] if known is not None and known[0] == key and
+                              known[2] == w else round(per * w))
+            if sum(counts) <= cfg.max_ring_size:
+                return counts
+        counts = point_counts(weights, cfg.min_ring_size, cfg.max_ring_size)
         self._per_weight = sum(counts) / total
         return counts
 
     def make_layout(self, members: list[tuple[str, str, float]]) -> Layout:
-        counts = self._counts([w for _, _, w in members])
-        points: list[tuple[int, int]] = []
-        for m, ((key, _, _), count) in enumerate(zip(members, counts, strict=True)):
-            points.extend((h, m) for h in self._point_hashes(key, count))
-        keys = {key for key, _, _ in members}
-        for key in list(self._points):
-            if key not in keys:
+        counts = self._counts(members)
+        new = {a: (key, c, w) for (key, a, w), c in zip(members, counts, strict=True)}
+        old, points = self._ring_counts, self._sorted
+        changed = {a for a, _ in new.items() ^ old.items()}
+        if points and 8 * len(changed) < len(new):
+            for a in changed:
+                before, after = old.get(a), new.get(a)
+                if before is not None and (after is None or after[0] != before[0]):
+                    self._edit(points, before[0], a, before[1], 0)
+                    before = None
+                key = (after or before or ("", 0))[0]
+                self._edit(points, key, a, before[1] if before else 0,
+                           after[1] if after else 0)
+        else:
+            points = []
+            for (key, a, _), c in zip(members, counts, strict=True):
+                if c:
+                    points += [(h, key, a) for h in self._point_hashes(key, c)[:c]]
+            points.sort()
+        self._ring_counts, self._sorted = new, points
+        if len(self._points) > len(members):
+            keys = {key for key, _, _ in members}
+            for key in [k for k in self._points if k not in keys]:
                 del self._points[key]
-        return Ring(tuple(a for _, a, _ in members), points)
+        index = {a: m for m, (_, a, _) in enumerate(members)}
+        return Ring(tuple(a for _, a, _ in members), [h for h, _, _ in points],
+                    [index[a] for _, _, a in points])
+
+    def _edit(self, points: list[tuple[int, str, str]], key: str, address: str,
+              before: int, after: int) -> None:
+        """Move the member's point count from ``before`` to ``after`` in the sorted
+        points."""
+        if after == before:
+            return
+        hashes = self._point_hashes(key, max(before, after))
+        if after < before:
+            for h in hashes[after:before]:
+                i = bisect.bisect_left(points, (h, key, address))
+                del points[i]
+        else:
+            for h in hashes[before:after]:
+                bisect.insort(points, (h, key, address))
 
 
 SPEC = PolicySpec(NAME, parse_config, RingHash, weight_aware=True)

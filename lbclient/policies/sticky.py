@@ -34,6 +34,8 @@ same new session may be placed on different endpoints; the last one is remembere
 
 from __future__ import annotations
 
+import collections
+import operator
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,6 +56,7 @@ from ._common import header_value, parse_header
 from ._hashing import xxhash64
 
 NAME = "sticky"
+_ADDRESS = operator.attrgetter("address")
 DEFAULT_CHILD: list[dict[str, Any]] = [{"round_robin": {}}]
 
 
@@ -108,7 +111,7 @@ class StickyPicker:
     def __init__(self, policy: Sticky, child: Picker, candidates: Sequence[Candidate]) -> None:
         self._policy = policy
         self._child = child
-        self._by_address = {c.address: c for c in candidates}
+        self._by_address = dict(zip(map(_ADDRESS, candidates), candidates, strict=True))
 
     def pick(self, info: PickInfo) -> PickResult:
         p = self._policy
@@ -155,6 +158,7 @@ class Sticky(Policy):
         self.child = config.child.create(ctx)
         self.sessions: OrderedDict[str, _Session] = OrderedDict()
         self.returned_at: dict[str, float] = {}
+        self._returns: collections.deque[tuple[float, str]] = collections.deque()
         self._present: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------ policy hooks
@@ -166,12 +170,18 @@ class Sticky(Policy):
 
     def build_picker(self, candidates: Sequence[Candidate]) -> StickyPicker:
         now = self.ctx.clock()
-        present = frozenset(c.address for c in candidates)
+        present = frozenset(map(_ADDRESS, candidates))
+        returned_at, returns = self.returned_at, self._returns
+        for address in self._present - present:
+            returned_at.pop(address, None)
         for address in present - self._present:
-            self.returned_at[address] = now      # (re)joined: the return window starts
-        for address, since in list(self.returned_at.items()):
-            if now - since > self.config.return_window or address not in present:
-                self.returned_at.pop(address, None)
+            returned_at[address] = now      # (re)joined: the return window starts
+            returns.append((now, address))
+        window = self.config.return_window
+        while returns and now - returns[0][0] > window:   # oldest first: O(expired)
+            since, address = returns.popleft()
+            if returned_at.get(address) == since:
+                del returned_at[address]
         self._present = present
         return StickyPicker(self, self.child.build_picker(candidates), candidates)
 

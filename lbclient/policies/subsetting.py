@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import json
+import operator
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -43,6 +44,7 @@ from ..endpoint import Endpoint
 from ..errors import ServiceConfigError
 
 UINT32_MAX = 2**32 - 1       # A68: subset_size is a uint32
+_ADDRESS = operator.attrgetter("address")
 DETERMINISTIC = "deterministic_subsetting"
 
 
@@ -67,6 +69,8 @@ def parse_child(obj: Mapping[str, Any], path: str) -> LbChoice:
 
 def unique(endpoints: Sequence[Endpoint]) -> list[Endpoint]:
     """The endpoints with repeated addresses dropped (the first one is kept)."""
+    if len(set(map(_ADDRESS, endpoints))) == len(endpoints):
+        return list(endpoints)
     seen: set[str] = set()
     out = []
     for e in endpoints:

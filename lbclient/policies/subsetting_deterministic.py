@@ -55,6 +55,7 @@ attributes to policies). Fill it per client with
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -183,32 +184,73 @@ def deterministic_subset(addresses: Iterable[str], client_index: int, subset_siz
     return _take(len(distinct), client_index, size, order)
 
 
+class _Round:
+    """One round's shuffle over a set of addresses, kept sorted by (hash, address) and
+    edited in place when a few addresses come or go (bisect: O(log n) to find, a C
+    ``memmove`` to insert or delete)."""
+
+    __slots__ = ("rnd", "hashes", "pairs", "order")
+
+    def __init__(self, rnd: int, addresses: Iterable[str], known: dict[str, int]) -> None:
+        self.rnd = rnd
+        self.hashes = {a: known[a] if a in known else xxhash64(a, rnd) for a in addresses}
+        self.pairs = sorted(zip(self.hashes.values(), self.hashes.keys(), strict=True))
+        self.order = [a for _, a in self.pairs]
+
+    def edit(self, added: Iterable[str], removed: Iterable[str]) -> None:
+        hashes, pairs, order = self.hashes, self.pairs, self.order
+        for a in removed:
+            pair = (hashes.pop(a), a)
+            i = bisect.bisect_left(pairs, pair)
+            del pairs[i]
+            del order[i]
+        for a in added:
+            pair = (xxhash64(a, self.rnd), a)
+            hashes[a] = pair[0]
+            i = bisect.bisect_left(pairs, pair)
+            pairs.insert(i, pair)
+            order.insert(i, a)
+
+
 class DeterministicSubsetting(SubsettingPolicy):
+    """The rounds' shuffles are cached across resolver updates: an unchanged address set
+    reuses the last subset, and a few addresses coming or going edit the cached rounds
+    in place (only the new addresses are hashed)."""
+
     config: Config
 
     def __init__(self, config: Config, ctx: PolicyContext) -> None:
         super().__init__(config, ctx)
-        self._hashes: dict[int, dict[str, int]] = {}    # round -> address -> hash
+        self._addresses: frozenset[str] = frozenset()
+        self._rounds: dict[int, _Round] = {}
+        self._picked: list[str] = []
 
     def choose(self, endpoints: list[Endpoint]) -> list[Endpoint]:
         cfg = self.config
         by_address = {e.address: e for e in endpoints}
-        addresses = sorted(by_address)
-        size = effective_size(len(addresses), cfg.subset_size, cfg.client_count)
-        used: dict[int, dict[str, int]] = {}
-        orders: dict[int, list[str]] = {}
+        addresses = frozenset(by_address)
+        if addresses == self._addresses and self._rounds:
+            return [by_address[a] for a in self._picked]
+        added, removed = addresses - self._addresses, self._addresses - addresses
+        edit = len(added) + len(removed) <= max(8, len(addresses) // 16)
+        old, self._rounds = self._rounds, {}
+        self._addresses = addresses
+        n = len(addresses)
 
         def order(rnd: int) -> list[str]:
-            if rnd not in orders:
-                known = self._hashes.get(rnd, {})
-                hashes = used[rnd] = {a: known[a] if a in known else xxhash64(a, rnd)
-                                      for a in addresses}
-                orders[rnd] = sorted(addresses, key=lambda a: (hashes[a], a))
-            return orders[rnd]
+            r = self._rounds.get(rnd)
+            if r is None:
+                r = old.get(rnd)
+                if r is not None and edit:
+                    r.edit(added, removed)
+                else:
+                    r = _Round(rnd, addresses, r.hashes if r is not None else {})
+                self._rounds[rnd] = r
+            return r.order
 
-        picked = _take(len(addresses), cfg.client_index, size, order)
-        self._hashes = used        # only the rounds (and addresses) of this selection
-        return [by_address[a] for a in picked]
+        size = effective_size(n, cfg.subset_size, cfg.client_count)
+        self._picked = _take(n, cfg.client_index, size, order)
+        return [by_address[a] for a in self._picked]
 
 
 SPEC = PolicySpec(NAME, parse_config, DeterministicSubsetting)

@@ -76,17 +76,20 @@ class RandomSubsetting(SubsettingPolicy):
         super().__init__(config, ctx)
         self.seed = ctx.rng.getrandbits(64)
         self._hashes: dict[str, int] = {}
+        self._picked: list[str] = []
 
     def choose(self, endpoints: list[Endpoint]) -> list[Endpoint]:
-        # Hash each address once per channel: only new addresses cost a hash.
+        by_address = {e.address: e for e in endpoints}
         known, seed = self._hashes, self.seed
-        hashes: dict[str, int] = {}
-        for e in endpoints:
-            h = known.get(e.address)
-            hashes[e.address] = xxhash64(e.address, seed) if h is None else h
-        self._hashes = hashes
-        return heapq.nsmallest(self.config.subset_size, endpoints,
-                               key=lambda e: (hashes[e.address], e.address))
+        if by_address.keys() == known.keys():   # the same addresses: the same subset
+            return [by_address[a] for a in self._picked]
+        # Hash each address once per channel: only new addresses cost a hash.
+        hashes = self._hashes = {a: known[a] if a in known else xxhash64(a, seed)
+                                 for a in by_address}
+        lowest = heapq.nsmallest(self.config.subset_size,
+                                 zip(hashes.values(), hashes.keys(), strict=True))
+        self._picked = [a for _, a in lowest]
+        return [by_address[a] for a in self._picked]
 
 
 SPEC = PolicySpec(NAME, parse_config, RandomSubsetting)

@@ -6,11 +6,14 @@ endpoint gains its weight, the richest is picked and pays the total), so at ever
 of the cycle each endpoint stays within two picks of its exact share (1.25 at worst in a
 20,000-case random search). Any ``sum(w)`` consecutive picks give every endpoint exactly
 ``w`` picks, spread out: weights 5, 3, 2 give ``A B C A A B A C B A`` (never five A in a
-row). Computing that cycle costs n x sum(w) steps, so beyond 10^6 the cycle comes from
-gRPC's earliest-deadline-first schedule instead (turn ``k`` of an endpoint due at
-``(k + 0.5) / w``: the same exact counts per cycle, within three picks of the exact
-share). The picker holds the cycle and an atomic counter started at a random point, so a
-pick is O(1) and lock-free.
+row). Endpoints of equal weight move together (a class's members are picked in index
+order), so the cycle costs sum(w) steps of O(distinct weights); beyond 30,000 such
+step-classes it comes from gRPC's earliest-deadline-first schedule instead (turn ``k``
+of an endpoint due at ``(k + 0.5) / w``: the same exact counts per cycle, within three
+picks of the exact share), built from the distinct due times by copying whole weight
+classes. So a rebuild is O(n + sum(w)) list work, mostly in C (10,000 endpoints of
+weights 1..5: a few ms). The picker holds the cycle and an atomic counter started at a
+random point, so a pick is O(1) and lock-free.
 
 Weights, highest precedence first:
 
@@ -50,9 +53,10 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._validate import (
     expect_object,
@@ -61,12 +65,20 @@ from .._validate import (
     get_number,
     reject_unknown,
 )
+from ..balancer.lb_metrics import LOCALITY_LABEL, LOCALITY_OPTION, METRICS_OPTION, LbMetrics
 from ..balancer.picker import CallOutcome, Candidate, PickInfo, PickResult
 from ..balancer.policy import Cancellable, Policy, PolicyContext, PolicySpec, register_policy
 from ._common import Weights, parse_weights, weight_of
 from ._orca import load_report, orca_weight
 
 NAME = "weighted_round_robin"
+_ADDRESS = operator.attrgetter("address")
+# gRFC A78's instruments (lbclient.metrics' OpenTelemetry sink adds grpc.target and
+# grpc.lb.backend_service; this policy adds grpc.lb.locality).
+RR_FALLBACK = "grpc.lb.wrr.rr_fallback"
+NOT_YET_USABLE_METRIC = "grpc.lb.wrr.endpoint_weight_not_yet_usable"
+STALE_METRIC = "grpc.lb.wrr.endpoint_weight_stale"
+WEIGHTS_METRIC = "grpc.lb.wrr.endpoint_weights"
 MIN_UPDATE_PERIOD = 0.1
 _EXACT_LIMIT = 1 << 14
 _FLOAT_CYCLE = 1000
@@ -118,10 +130,11 @@ def quantize(weights: Sequence[float]) -> list[int]:
     """Integer weights for the cycle: exact (divided by their gcd) when they are
     integers summing to at most max(16,384, 4n), else scaled (each at least 1)."""
     n = len(weights)
-    if all(float(w).is_integer() for w in weights):
+    if all(map(float.is_integer, map(float, weights))):
         ints = [int(w) for w in weights]
-        g = functools.reduce(math.gcd, ints)
-        ints = [w // g for w in ints]
+        g = math.gcd(*ints)
+        if g > 1:
+            ints = [w // g for w in ints]
         if sum(ints) <= max(_EXACT_LIMIT, 4 * n):
             return ints
         target = max(_EXACT_LIMIT, 4 * n)
@@ -131,72 +144,126 @@ def quantize(weights: Sequence[float]) -> list[int]:
     return [max(1, round(w * scale)) for w in weights]
 
 
-_SMOOTH_BUDGET = 10**6
+# The smooth cycle costs sum(w) steps of O(distinct weights) each; above this many
+# step-classes the earliest-deadline-first cycle (O(sum(w)) list copies) is used.
+_SMOOTH_BUDGET = 30_000
 
 
 def schedule(weights: Sequence[float]) -> list[int]:
     """One period of the weighted cycle, as indexes into ``weights`` (quantized)."""
     ints = quantize(weights)
-    if len(ints) * sum(ints) <= _SMOOTH_BUDGET:
-        return smooth_schedule(ints)
-    return edf_schedule(ints)
+    classes = weight_classes(ints)
+    if sum(ints) * len(classes) <= _SMOOTH_BUDGET:
+        return smooth_schedule(ints, classes)
+    return edf_schedule(ints, classes)
 
 
-def smooth_schedule(ints: Sequence[int]) -> list[int]:
+def weight_classes(ints: Sequence[int]) -> dict[int, list[int]]:
+    """weight -> the indexes with that weight, ascending."""
+    classes: dict[int, list[int]] = {}
+    for i, w in enumerate(ints):
+        members = classes.get(w)
+        if members is None:
+            classes[w] = [i]
+        else:
+            members.append(i)
+    return classes
+
+
+def smooth_schedule(ints: Sequence[int],
+                    classes: dict[int, list[int]] | None = None) -> list[int]:
     """nginx's smooth weighted round robin over one period: each step every endpoint's
     current weight grows by its weight, the largest (first on ties) is picked and loses
-    the total."""
+    the total.
+
+    Computed per weight class, in O(sum(w) x classes) instead of O(sum(w) x n): after
+    ``t`` steps an endpoint's current weight is ``t*w - total*picks``, so within a class
+    the richest is the one picked least, lowest index first: a class's members are
+    picked in index order, round after round, and the class's richest member after ``P``
+    picks of the class is member ``P % k`` with ``t*w - total*(P // k)``."""
+    if classes is None:
+        classes = weight_classes(ints)
     total = sum(ints)
-    current = [0] * len(ints)
+    if len(classes) == 1:
+        ((w, members),) = classes.items()
+        return members * w
+    ws = list(classes)
+    groups = [classes[w] for w in ws]
+    sizes = [len(g) for g in groups]
+    picks = [0] * len(ws)
     order: list[int] = []
-    indexes = range(len(ints))
-    for _ in range(total):
-        current = [c + w for c, w in zip(current, ints, strict=True)]
-        best = max(indexes, key=current.__getitem__)
-        current[best] -= total
-        order.append(best)
+    span = range(len(ws))
+    for t in range(1, total + 1):
+        best, best_value, best_index = 0, -total * (total + 1), -1
+        for c in span:
+            p, k = picks[c], sizes[c]
+            value = t * ws[c] - total * (p // k)
+            if value >= best_value:
+                index = groups[c][p % k]
+                if value > best_value or index < best_index:
+                    best, best_value, best_index = c, value, index
+        picks[best] += 1
+        order.append(best_index)
     return order
 
 
-def edf_schedule(ints: Sequence[int]) -> list[int]:
+def edf_schedule(ints: Sequence[int],
+                 classes: dict[int, list[int]] | None = None) -> list[int]:
     """Earliest deadline first with turn k of an endpoint of weight w due at
     (k + 0.5) / w: one period's due times all lie in (0, 1) and the next period's in
     (1, 2), so each period holds exactly w turns of every endpoint. Ties go to the lower
-    index. O(sum(w) log sum(w))."""
-    due = sorted(((k + 0.5) / w, i) for i, w in enumerate(ints) for k in range(w))
-    return [i for _, i in due]
+    index. Endpoints of one weight share their due times, so the cycle is built from the
+    distinct due times (at most the sum of the distinct weights) and whole classes are
+    copied: O(D log D + sum(w))."""
+    if classes is None:
+        classes = weight_classes(ints)
+    due: dict[float, list[int]] = {}
+    for w in classes:
+        for k in range(w):
+            due.setdefault((k + 0.5) / w, []).append(w)
+    order: list[int] = []
+    for t in sorted(due):
+        ws = due[t]
+        if len(ws) == 1:
+            order += classes[ws[0]]
+        else:
+            order += sorted(itertools.chain.from_iterable(classes[w] for w in ws))
+    return order
 
 
 class WeightedRoundRobinPicker:
     """An immutable cycle and an atomic counter (``itertools.count``)."""
 
-    __slots__ = ("_cycle", "_results", "_len", "_next", "weights")
+    __slots__ = ("_results", "_len", "_next", "weights")
 
     def __init__(self, candidates: Sequence[Candidate], weights: Sequence[float],
-                 start: int, reporters: dict[str, Callable[[CallOutcome], None]] | None
-                 ) -> None:
+                 start: int, results: Sequence[PickResult] | None = None) -> None:
+        """``results``: the result of each candidate (default: its plain result); the
+        policy's carry the ORCA reporter that reads each call's load report."""
         order = schedule(weights)
-        self._cycle = tuple(candidates[i] for i in order)
-        # ORCA reporters read the load report from each call's trailing metadata.
-        self._results = (tuple(PickResult(c, reporters[c.address], wants_metadata=True)
-                               for c in self._cycle)
-                         if reporters is not None else tuple(c.result for c in self._cycle))
-        self._len = len(self._cycle)
+        per = list(results) if results is not None else [c.result for c in candidates]
+        self._results: tuple[PickResult, ...] = (
+            operator.itemgetter(*order)(per) if len(order) > 1 else (per[order[0]],))
+        self._len = len(self._results)
         self._next = itertools.count(start % self._len)
         self.weights = tuple(weights)  # the weights this picker was built with
 
     def pick(self, info: PickInfo) -> PickResult:
         i = next(self._next) % self._len
-        if info.exclude and self._cycle[i].address in info.exclude:
+        result = self._results[i]
+        if info.exclude and result.candidate.address in info.exclude:
             for k in range(1, self._len):
-                j = (i + k) % self._len
-                if self._cycle[j].address not in info.exclude:
-                    i = j
-                    break
-        return self._results[i]
+                alt = self._results[(i + k) % self._len]
+                if alt.candidate.address not in info.exclude:
+                    return alt
+        return result
 
 
 # ------------------------------------------------------------------ load reports
+# A78's view of an endpoint's weight at a scheduler update.
+USABLE, NOT_YET_USABLE, STALE = 0, 1, 2
+
+
 class _LoadWeight:
     """The last ORCA weight of one address and A58's two timestamps."""
 
@@ -207,17 +274,32 @@ class _LoadWeight:
         self.non_empty_since: float | None = None
         self.last_updated: float | None = None
 
-    def usable(self, now: float, cfg: Config) -> float:
-        """The weight if fresh and past the blackout period, else 0 (A58 GetWeight)."""
+    def state(self, now: float, cfg: Config) -> tuple[float, int]:
+        """(the weight if fresh and past the blackout period, else 0 (A58 GetWeight);
+        USABLE, NOT_YET_USABLE (no report, or in the blackout period) or STALE (the last
+        report is older than the expiration period, which also restarts the blackout))."""
         last, since = self.last_updated, self.non_empty_since
         if last is None:
-            return 0.0
+            return 0.0, NOT_YET_USABLE
         if now - last >= cfg.weight_expiration_period:
             self.non_empty_since = None
-            return 0.0
+            return 0.0, STALE
         if cfg.blackout_period > 0 and (since is None or now - since < cfg.blackout_period):
-            return 0.0
-        return self.weight
+            return 0.0, NOT_YET_USABLE
+        return self.weight, USABLE
+
+    def usable(self, now: float, cfg: Config) -> float:
+        return self.state(now, cfg)[0]
+
+
+class _Update(NamedTuple):
+    """One scheduler update: the weights the cycle uses and what A78 counts."""
+
+    weights: list[float]
+    fallback: bool                  # fewer than two usable ORCA weights
+    not_yet_usable: int
+    stale: int
+    orca: list[float] | None        # per endpoint, 0 when not usable; None: no report yet
 
 
 class WeightedRoundRobin(Policy):
@@ -228,45 +310,105 @@ class WeightedRoundRobin(Policy):
         self._weights = dict(config.weights)
         self._loads: dict[str, _LoadWeight] = {}
         self._reporters: dict[str, Callable[[CallOutcome], None]] = {}
+        self._results: dict[str, PickResult] = {}
         self._candidates: tuple[Candidate, ...] = ()
+        self._present: frozenset[str] = frozenset()
         self._published: tuple[float, ...] = ()
         self._timer: Cancellable | None = None
         self._timer_starts = itertools.count()
         self._closed = False
+        # A78 metrics: the channel's recorder, and grpc.lb.locality (the
+        # weighted_target target this policy balances, "" outside one).
+        self._metrics: LbMetrics | None = ctx.options.get(METRICS_OPTION)
+        self._labels = {LOCALITY_LABEL: str(ctx.options.get(LOCALITY_OPTION, ""))}
 
     def endpoint_weight(self, candidate: Candidate) -> float:
         return weight_of(self._weights, candidate)
 
     def build_picker(self, candidates: Sequence[Candidate]) -> WeightedRoundRobinPicker:
-        old = {c.address for c in self._candidates}
-        for c in candidates:
-            if c.address not in old:  # (re)joined: A58 restarts its blackout period
-                lw = self._loads.get(c.address)
-                if lw is not None:
-                    lw.non_empty_since = lw.last_updated = None
-            if c.address not in self._reporters:
-                self._reporters[c.address] = functools.partial(self._on_report, c.address)
-        current = {c.address for c in candidates}
-        for address in list(self._loads):  # forgotten ones restart on rejoining anyway
-            if address not in current:
-                self._loads.pop(address, None)
+        current = frozenset(map(_ADDRESS, candidates))
+        loads, reporters = self._loads, self._reporters
+        for address in current - self._present:
+            lw = loads.get(address)
+            if lw is not None:  # (re)joined: A58 restarts its blackout period
+                lw.non_empty_since = lw.last_updated = None
+            if address not in reporters:
+                reporters[address] = functools.partial(self._on_report, address)
+        if len(loads) > len(current):  # forgotten ones restart on rejoining anyway
+            for address in [a for a in loads if a not in current]:
+                loads.pop(address, None)
+        self._present = current
         self._candidates = tuple(candidates)
-        weights = self.effective_weights(self._candidates)
-        self._published = tuple(weights)
-        return WeightedRoundRobinPicker(self._candidates, weights,
-                                        self.ctx.rng.randrange(1 << 30), self._reporters)
+        update = self._update(self._candidates)
+        self._record(update)
+        self._published = tuple(update.weights)
+        if self._metrics is not None and self._metrics.enabled:
+            self._start_timer()   # A78: a scheduler update every weightUpdatePeriod
+        return WeightedRoundRobinPicker(self._candidates, update.weights,
+                                        self.ctx.rng.randrange(1 << 30),
+                                        self._pick_results(self._candidates))
+
+    def _pick_results(self, candidates: Sequence[Candidate]) -> list[PickResult]:
+        """Each candidate's result with its ORCA reporter (which reads the load report
+        from the call's trailing metadata), made once per endpoint connection."""
+        cache, reporters = self._results, self._reporters
+        out = []
+        for c in candidates:
+            r = cache.get(c.address)
+            if r is None or r.candidate.stats is not c.stats or \
+                    r.candidate.handle is not c.handle:
+                r = cache[c.address] = PickResult(c, reporters[c.address], False, True)
+            out.append(r)
+        if len(cache) > 2 * len(candidates) + 64:
+            present = self._present
+            self._results = {a: r for a, r in cache.items() if a in present}
+        return out
 
     def effective_weights(self, candidates: Sequence[Candidate]) -> list[float]:
         """ORCA weights when at least two endpoints have one (the others get their
         mean), else the static weights."""
-        now = self.ctx.clock()
-        loads = [self._loads.get(c.address) for c in candidates]
-        orca = [lw.usable(now, self.config) if lw is not None else 0.0 for lw in loads]
+        return self._update(candidates).weights
+
+    def _update(self, candidates: Sequence[Candidate]) -> _Update:
+        n = len(candidates)
+        if not self._loads:   # no load report yet: static weights, nothing usable
+            return _Update([c.weight for c in candidates], True, n, 0, None)
+        now, cfg, get = self.ctx.clock(), self.config, self._loads.get
+        orca: list[float] = []
+        not_yet = stale = 0
+        for c in candidates:
+            lw = get(c.address)
+            if lw is None:
+                orca.append(0.0)
+                not_yet += 1
+                continue
+            w, state = lw.state(now, cfg)
+            orca.append(w)
+            if state == NOT_YET_USABLE:
+                not_yet += 1
+            elif state == STALE:
+                stale += 1
         known = [w for w in orca if w > 0.0]
         if len(known) < 2:
-            return [c.weight for c in candidates]
+            return _Update([c.weight for c in candidates], True, not_yet, stale, orca)
         mean = sum(known) / len(known)
-        return [w if w > 0.0 else mean for w in orca]
+        return _Update([w if w > 0.0 else mean for w in orca], False, not_yet, stale, orca)
+
+    def _record(self, update: _Update) -> None:
+        """A78's metrics of one scheduler update (only when a sink is attached)."""
+        metrics = self._metrics
+        if metrics is None or not metrics.enabled:
+            return
+        labels = self._labels
+        if update.fallback:
+            metrics.add(RR_FALLBACK, 1, labels)
+        if update.not_yet_usable:
+            metrics.add(NOT_YET_USABLE_METRIC, update.not_yet_usable, labels)
+        if update.stale:
+            metrics.add(STALE_METRIC, update.stale, labels)
+        weights = update.orca if update.orca is not None else [0.0] * len(update.weights)
+        for w in weights:
+            metrics.record(WEIGHTS_METRIC, w, labels)
 
     # Called on call threads, once per finished call.
     def _on_report(self, address: str, outcome: CallOutcome) -> None:
@@ -284,7 +426,10 @@ class WeightedRoundRobin(Policy):
         lw.last_updated = now
         if lw.non_empty_since is None:
             lw.non_empty_since = now
-        if next(self._timer_starts) == 0:  # the first report starts the update timer
+        self._start_timer()   # the first report starts the update timer
+
+    def _start_timer(self) -> None:
+        if next(self._timer_starts) == 0:   # once (atomic under the GIL)
             self._schedule()
 
     def _schedule(self) -> None:
@@ -293,12 +438,17 @@ class WeightedRoundRobin(Policy):
             self._timer = scheduler.call_later(self.config.weight_update_period, self._tick)
 
     def _tick(self) -> None:
-        """Re-read the weights; ask for a new picker when they changed."""
+        """Re-read the weights (a scheduler update); ask for a new picker when they
+        changed (its build records the update's metrics), else record them here."""
         if self._closed:
             return
         candidates = self._candidates
-        if candidates and tuple(self.effective_weights(candidates)) != self._published:
-            self.ctx.request_rebuild()
+        if candidates:
+            update = self._update(candidates)
+            if tuple(update.weights) != self._published:
+                self.ctx.request_rebuild()
+            else:
+                self._record(update)
         self._schedule()
 
     def close(self) -> None:

@@ -27,11 +27,12 @@ independent random draws (70/30 holds to a few calls in any run of calls).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .._validate import expect_object, get_int, join, reject_unknown
+from ..balancer.lb_metrics import LOCALITY_OPTION
 from ..balancer.policy import LbChoice, PolicyContext, PolicySpec, register_policy
 from ..endpoint import Endpoint
 from ..errors import ServiceConfigError
@@ -107,6 +108,11 @@ class WeightedTargetPolicy(GroupedPolicy):
 
     def child_choice(self, key: Hashable) -> LbChoice:
         return self._targets[str(key)].child
+
+    def child_options(self, key: Hashable) -> Mapping[str, Any]:
+        """gRFC A78: a child's metrics (weighted_round_robin's) carry its target's name
+        as ``grpc.lb.locality``."""
+        return {LOCALITY_OPTION: str(key)}
 
     def order(self, keys: Iterable[Hashable]) -> list[Hashable]:
         present = set(keys)
