@@ -354,6 +354,7 @@ class Report:
     thread_diff: list[str] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     top_growth: list[str] = field(default_factory=list)
+    repair_problem: str = ""         # why the fleet was not whole again after the chaos
 
     @property
     def expected(self) -> int:

@@ -128,7 +128,8 @@ SERVICE = "lbclient.testing.echo.v1.Echo"
 PREFIX = "services/soak"
 CONFIG: dict[str, Any] = {
     "loadBalancingConfig": [{"outlier_detection": {
-        "interval": "0.5s", "baseEjectionTime": "2s", "maxEjectionPercent": 50,
+        "interval": "0.5s", "baseEjectionTime": "2s", "maxEjectionTime": "10s",
+        "maxEjectionPercent": 50,
         "consecutiveFailures": 5, "splitExternalLocalOriginErrors": True,
         "consecutiveLocalOriginFailure": 5,
         "failurePercentageEjection": {"threshold": 50, "minimumHosts": 3, "requestVolume": 20},
@@ -194,6 +195,7 @@ class Soak:
         self.outage = False
         self.children: list[ProcessBackend | None] = []
         self.slot_busy: set[int] = set()
+        self.born: dict[int, float] = {}                 # slot -> its new child's spawn
         self.spawns: list[threading.Thread] = []
         self.silents: list[SilentServer] = []
         self.quorum: threading.Thread | None = None
@@ -261,11 +263,14 @@ class Soak:
         """Run the due actions; free a crashed slot once its replacement joined."""
         while self.due and self.due[0][0] <= time.monotonic():
             heapq.heappop(self.due)[2]()
-        for slot in list(self.slot_busy):
-            c = self.children[slot]
-            if c is not None and c.address in self.seen_added and \
-                    c.address not in self.fault_of:
-                self.slot_busy.discard(slot)
+        joining = [slot for slot in self.slot_busy if slot in self.born]
+        if joining:
+            ready = {e.address for e in self.channel.endpoints() if e.connectivity == "READY"}
+            for slot in joining:
+                c = self.children[slot]
+                if c is not None and c.address in ready and c.address not in self.fault_of:
+                    self.slot_busy.discard(slot)
+                    del self.born[slot]
         if self.quorum is not None and not self.quorum.is_alive():
             self.quorum = None
         self.spawns = [t for t in self.spawns if t.is_alive()]
@@ -345,18 +350,20 @@ class Soak:
 
             def spawn() -> None:
                 child = ProcessBackend(1, ["--max-workers", "8"])
+                self.born[slot] = time.monotonic()
                 self.children[slot] = child
                 self.endpoints.add(child.address)
-                self.later(0.0, lambda: self.joined(proc.address, child.address))
+                self.later(0.0, lambda: self.joined(proc.address, slot))
             self.spawns.append(self.helper("spawn", spawn))
         self.later(self.rng.uniform(0.2, 0.6), respawn)
 
-    def joined(self, old: str, new: str) -> None:
-        """A crash ends when the channel has its replacement (tick frees the slot)."""
-        if new in self.seen_added:
+    def joined(self, old: str, slot: int) -> None:
+        """A crash ends when the channel has its replacement READY (a dead process is
+        never READY, even when the new one got its port; tick frees the slot then)."""
+        if slot not in self.slot_busy:
             self.end(old)
         else:
-            self.later(0.02, lambda: self.joined(old, new))
+            self.later(0.02, lambda: self.joined(old, slot))
 
     def freeze(self, slot: int) -> None:
         proc = self.children[slot]
@@ -379,8 +386,7 @@ class Soak:
 
         def remove() -> None:
             self.endpoints.discard(server.address)
-            self.end(server.address)
-            self.fault_of[server.address] = "silent"    # attempts there stay attributed
+            self.end(server.address)  # (its port may serve a new child later)
             server.close()            # (the harness keeps nothing per fault but history)
             self.silents.remove(server)
             self.report.silent_connections += server.connections
@@ -542,7 +548,27 @@ class Soak:
             return (self.endpoints.synced() and not self.slot_busy
                     and self.channel_addresses() == self.endpoints.wanted()
                     and self.fit("") == len(self.real()))
-        _wait(repaired, 60, "the repaired fleet")
+        try:
+            _wait(repaired, 60, "the repaired fleet")
+        except RuntimeError:          # reported (the goal is then not met); figures kept
+            self.report.repair_problem = self.diagnose()
+
+    def diagnose(self) -> str:
+        """Why the fleet is not repaired: what differs, and each unfit backend."""
+        want, have = self.endpoints.wanted(), self.channel_addresses()
+        parts = [f"etcd synced {self.endpoints.synced()}", f"busy slots {sorted(self.slot_busy)}"]
+        if want != have:
+            parts.append(f"channel lacks {sorted(want - have)}, has extra {sorted(have - want)}")
+        info = {e.address: e for e in self.channel.endpoints()}
+        for a in self.real():
+            e = info.get(a)
+            if e is None:
+                continue
+            if e.connectivity != "READY" or e.health != "healthy" or e.ejected:
+                parts.append(f"{a}: {e.connectivity}, {e.health} {e.health_reason}, ejected "
+                             f"{e.ejected} {e.eject_reason} (x{e.ejections}), fault "
+                             f"{self.fault_of.get(a)}")
+        return "; ".join(parts)
 
     def _sample(self, load: Load, start: float) -> None:
         gc.collect()                  # live memory, not garbage awaiting a collection
@@ -620,6 +646,8 @@ def goal_met(r: Report, s: Settings) -> tuple[bool, list[str]]:
                       f"{r.threads_pre_channel} -> {r.threads_closed} (closed)")
     if not (rss_flat and traced_flat):
         missed.append("memory grew")
+    if r.repair_problem:
+        missed.append(f"fleet not repaired within 60 s: {r.repair_problem}")
     if r.outage_changes:
         missed.append(f"{r.outage_changes} endpoint changes during quorum loss")
     absent = [k for k in FAULTS if not r.faults[k]]

@@ -201,7 +201,7 @@ def test_the_soak_smoke_form_runs_every_fault_and_loses_nothing() -> None:
     print("\n" + section.to_markdown())
     assert all(r.faults[k] >= 1 for k in _soak.FAULTS), r.faults
     assert r.unexpected_total == 0, r.unexpected.most_common(5)
-    assert r.lost == 0 and r.stuck_threads == 0
+    assert r.lost == 0 and r.stuck_threads == 0 and not r.repair_problem
     assert r.outage_changes == 0 and len(r.quorum_outages) == 1
     assert r.calls >= 300 and sum(r.abandoned.values()) >= 50
     assert r.threads_end <= r.threads_base, r.thread_diff
