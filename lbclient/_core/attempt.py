@@ -53,7 +53,8 @@ def end_attempt(ctx: CallContext, result: PickResult, latency: float, code: str,
     listener = ctx.call_listener
     on_done = result.on_done
     if on_done is None and listener is None and not stats.has_end_listeners:
-        stats.record(latency, failure)
+        # a cancelled call (the caller's choice, mostly) is no latency sample
+        stats.record(latency if code != "CANCELLED" else None, failure)
         return
     outcome = CallOutcome(code, latency, tuple(trailing), tuple(initial), local)
     stats.end(outcome, failure)

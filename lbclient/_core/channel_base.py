@@ -264,7 +264,7 @@ class ChannelBase:
         uses it; a channel without call listeners builds no outcome for them."""
         with self._listeners_lock:
             self._call_listeners = (*self._call_listeners, fn)
-            self._ctx.call_listener = self._deliver_call
+            self._ctx.set_call_listener(self._deliver_call)
 
     def remove_call_listener(self, fn: CallListener) -> None:
         with self._listeners_lock:
@@ -273,7 +273,7 @@ class ChannelBase:
                 rest.remove(fn)
             self._call_listeners = tuple(rest)
             if not rest:
-                self._ctx.call_listener = None
+                self._ctx.set_call_listener(None)
 
     def _deliver_call(self, address: str, outcome: CallOutcome) -> None:
         for fn in self._call_listeners:
@@ -290,13 +290,13 @@ class ChannelBase:
         unobserved."""
         with self._listeners_lock:
             current = self._ctx.observer.members if self._ctx.observer else ()
-            self._ctx.observer = Observers((*current, observer))
+            self._ctx.set_observer(Observers((*current, observer)))
 
     def remove_call_observer(self, observer: CallObserver) -> None:
         with self._listeners_lock:
             current = self._ctx.observer.members if self._ctx.observer else ()
             rest = tuple(m for m in current if m is not observer)
-            self._ctx.observer = Observers(rest) if rest else None
+            self._ctx.set_observer(Observers(rest) if rest else None)
 
     # ------------------------------------------------------------ resolver listeners
     def add_resolver_listener(self, fn: ResolverListener) -> None:

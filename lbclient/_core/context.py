@@ -4,7 +4,9 @@ Drivers (``lbclient._sync``, ``lbclient._async``) read these attributes and neve
 channel's private fields; only the channel writes them: ``closed`` when it closes, the
 rest when a service config is applied (each attribute is replaced whole, so a call reads a
 consistent value without a lock), then ``generation`` is bumped so call sites refresh
-their cached method config.
+their cached method config and hot-path flag (``CallSite.fast``). The call listener and
+the observer are set through :meth:`CallContext.set_call_listener` and
+:meth:`CallContext.set_observer`, which bump it too.
 """
 
 from __future__ import annotations
@@ -52,13 +54,26 @@ class CallContext:
         return self.sites.get(kind, method, ser, deser, registered)
 
     def config_for(self, site: CallSite) -> MethodConfig | None:
-        """The method config of ``site`` (cached on the site per config generation)."""
+        """The method config of ``site`` (cached on the site per config generation, with
+        its hot-path flag)."""
         generation = self.generation
         if site.generation != generation:
-            site.config = self.methods.lookup(site.method) if self.methods else None
+            config = self.methods.lookup(site.method) if self.methods else None
+            site.config = config
+            site.fast = (generation if config is None and self.observer is None
+                         and self.call_listener is None else -1)
             site.generation = generation
-        config: MethodConfig | None = site.config
-        return config
+            return config
+        cached: MethodConfig | None = site.config
+        return cached
+
+    def set_call_listener(self, listener: CallListener | None) -> None:
+        self.call_listener = listener
+        self.generation += 1
+
+    def set_observer(self, observer: Observers | None) -> None:
+        self.observer = observer
+        self.generation += 1
 
     def set_methods(self, methods: MethodConfigTable, throttle: RetryGate | None,
                     failure_codes: frozenset[str]) -> None:

@@ -35,10 +35,12 @@ class CallKind(enum.Enum):
 class CallSite:
     """One method as a channel calls it. ``info`` is the pick of a call without metadata
     (shared, immutable); ``generation``/``config`` cache the method config (see
-    :meth:`lbclient._core.context.CallContext.config_for`)."""
+    :meth:`lbclient._core.context.CallContext.config_for`); ``fast`` equals the
+    channel's generation while a call of this method may take the hot path (no method
+    config, no call observer, no call listener), else -1."""
 
     __slots__ = ("kind", "method", "ser", "deser", "registered", "info", "generation",
-                 "config", "__weakref__")
+                 "config", "fast", "__weakref__")
 
     def __init__(self, kind: CallKind, method: str, ser: Any, deser: Any,
                  registered: bool) -> None:
@@ -50,6 +52,7 @@ class CallSite:
         self.info = PickInfo(method)
         self.generation = -1
         self.config: Any = None
+        self.fast = -1
 
     def __repr__(self) -> str:
         return f"CallSite({self.kind.value}, {self.method!r})"

@@ -1,9 +1,13 @@
 """One attempt of a sync call on a picked endpoint, and how its end is reported.
 
-* :func:`blocking` - unary-response blocking calls (the hot path): pick, begin, call the
-  endpoint's grpc multicallable on the caller's thread, end the attempt, return. It uses
-  grpc's plain ``__call__`` (no rendezvous object, no metadata read) unless the caller
-  asked for ``with_call`` or the pick wants metadata.
+* :func:`unary` - the hot path: a unary-response blocking call of a method without a
+  method config on a channel without call observers or listeners (``CallSite.fast``).
+  Pick, begin, call the endpoint's grpc multicallable on the caller's thread, record the
+  attempt, return; anything out of the ordinary (no pick yet, the pick wants metadata,
+  the endpoint was removed meanwhile) goes to :func:`blocking`.
+* :func:`blocking` - unary-response blocking calls in general: pick (or wait), begin,
+  call, end the attempt, return. It uses grpc's plain ``__call__`` (no rendezvous object,
+  no metadata read) unless the caller asked for ``with_call`` or the pick wants metadata.
 * :func:`start` - a future or a response stream on an already picked endpoint: returns
   what grpc (or an interceptor wrapping the endpoint channel) returned, and ends the
   attempt from its completion callback (``add_done_callback`` for futures; for streams
@@ -41,24 +45,89 @@ def pick_info(site: CallSite, metadata: Any, exclude: frozenset[str] = frozenset
     return PickInfo(site.method, metadata or (), exclude)
 
 
+def unary(host: Placement, site: CallSite, request: Any, timeout: float | None,
+          metadata: Any, credentials: Any, wait_for_ready: bool | None, compression: Any,
+          with_call: bool = False) -> Any:
+    """The hot path (see the module docstring): the response, or ``(response, call)``
+    with ``with_call``; or grpc's RpcError."""
+    ctx = host.ctx
+    info = PickInfo(site.method, metadata) if metadata else site.info
+    try:
+        result = ctx.balancer.picker.pick(info)
+    except PickError as exc:   # not yet, or no endpoint: wait (or fail), then go on
+        deadline = None if timeout is None else time.monotonic() + timeout
+        first = host.wait(info, exc, deadline, bool(wait_for_ready))
+        out = blocking(host, site, request, metadata, credentials, wait_for_ready,
+                       compression, with_call, deadline=deadline, first=first)
+        return out if with_call else out[0]
+    candidate, on_done, counted, wants_metadata = result
+    stats = candidate.stats
+    if wants_metadata:
+        out = blocking(host, site, request, metadata, credentials, wait_for_ready,
+                       compression, with_call, timeout=timeout, first=result)
+        return out if with_call else out[0]
+    if not counted:
+        stats.begin()
+    handle = candidate.handle
+    if stats.retiring:         # removed meanwhile (read after the begin): pick again
+        stats.discard()
+        out = blocking(host, site, request, metadata, credentials, wait_for_ready,
+                       compression, with_call, timeout=timeout)
+        return out if with_call else out[0]
+    mc = handle.calls.get(site) or handle.callable(site)
+    t0 = _clock()
+    try:
+        if with_call:
+            out = mc.with_call(request, timeout=timeout, metadata=metadata,
+                               credentials=credentials, wait_for_ready=wait_for_ready,
+                               compression=compression)
+        else:
+            out = mc(request, timeout=timeout, metadata=metadata, credentials=credentials,
+                     wait_for_ready=wait_for_ready, compression=compression)
+    except grpc.RpcError as exc:
+        end_attempt(ctx, result, _clock() - t0, code_of(exc), *metadata_of(exc),
+                    details_of(exc))
+        raise
+    except ValueError:         # grpc: the endpoint's channel was closed meanwhile
+        end_attempt(ctx, result, _clock() - t0, "CANCELLED")
+        if not handle.closed:
+            raise
+        out = blocking(host, site, request, metadata, credentials, wait_for_ready,
+                       compression, with_call, timeout=timeout)
+        return out if with_call else out[0]
+    except BaseException:
+        end_attempt(ctx, result, _clock() - t0, "CANCELLED")
+        raise
+    if on_done is None and not stats.has_end_listeners:
+        stats.record(_clock() - t0, False)
+    else:
+        end_attempt(ctx, result, _clock() - t0, "OK")
+    return out
+
+
 def blocking(host: Placement, site: CallSite, request: Any, metadata: Any, credentials: Any,
              wait_for_ready: bool | None, compression: Any, with_call: bool, *,
              timeout: float | None = None, deadline: float | None = None,
              cap: float | None = None, exclude: frozenset[str] = frozenset(),
              placed: Callable[[str], None] | None = None,
-             repicks: list[str] | None = None) -> tuple[Any, Any]:
+             repicks: list[str] | None = None,
+             first: PickResult | None = None) -> tuple[Any, Any]:
     """One blocking attempt: ``(response, grpc.Call or None)``, or grpc's RpcError.
 
     ``timeout`` is the caller's (a call without a deadline of its own yet); ``deadline``
     a monotonic deadline shared with other attempts; ``cap`` shortens this attempt's
     timeout (``perAttemptRecvTimeout``); ``placed(address)`` is told where it went;
     ``repicks`` gets the address of every endpoint picked but removed before the
-    attempt could start (it picks again: a transparent retry)."""
+    attempt could start (it picks again: a transparent retry); ``first``: a pick made
+    already (not yet begun)."""
     ctx = host.ctx
     info = pick_info(site, metadata, exclude)
     for repick in range(REPICKS):
         try:
-            result = ctx.balancer.picker.pick(info)
+            if first is not None:
+                result, first = first, None
+            else:
+                result = ctx.balancer.picker.pick(info)
         except PickError as exc:
             if deadline is None and timeout is not None:
                 deadline = time.monotonic() + timeout

@@ -33,11 +33,12 @@ from .stream import ResponseStream
 
 
 class _MultiCallable:
-    __slots__ = ("_host", "_site")
+    __slots__ = ("_host", "_site", "_ctx")
 
     def __init__(self, host: Placement, site: CallSite) -> None:
         self._host = host
         self._site = site
+        self._ctx = host.ctx
 
     def _config(self) -> MethodConfig | None:
         site, ctx = self._site, self._host.ctx
@@ -69,7 +70,7 @@ class _MultiCallable:
                 return started[0]
         inv = self._invocation(None, request, timeout, metadata, credentials,
                                wait_for_ready, compression)
-        return _queued(host, inv, how)
+        return _queued(host, inv, how, result is not None)   # picked a removed endpoint
 
     def _single(self, inv: Invocation, how: str) -> Any:
         """:meth:`_start` for a call with a method config (deadline, waitForReady)."""
@@ -84,7 +85,7 @@ class _MultiCallable:
                                     inv.wait_for_ready, inv.compression)
             if started is not None:
                 return started[0]
-        return _queued(host, inv, how)
+        return _queued(host, inv, how, result is not None)   # picked a removed endpoint
 
 
 def call_ended(host: Placement, site: CallSite, call: Any, t0: float,
@@ -116,10 +117,12 @@ def observe_stream(host: Placement, site: CallSite, stream: Any, t0: float) -> N
         ended()
 
 
-def _queued(host: Placement, inv: Invocation, how: str) -> Any:
+def _queued(host: Placement, inv: Invocation, how: str, repicked: bool = False) -> Any:
+    """``repicked``: the caller's pick went to an endpoint removed meanwhile (a
+    transparent retry, reported to the call observer)."""
     if how == "future":
-        return RetryingFuture(host, inv).start()
-    return ResponseStream(host, inv).start()
+        return RetryingFuture(host, inv, repicked=int(repicked)).start()
+    return ResponseStream(host, inv, repicked=int(repicked)).start()
 
 
 class _UnaryResponse(_MultiCallable):
@@ -130,6 +133,9 @@ class _UnaryResponse(_MultiCallable):
     def __call__(self, request: Any, timeout: float | None = None, metadata: Any = None,
                  credentials: Any = None, wait_for_ready: bool | None = None,
                  compression: Any = None) -> Any:
+        if self._site.fast == self._ctx.generation:          # the hot path
+            return attempt.unary(self._host, self._site, request, timeout, metadata,
+                                 credentials, wait_for_ready, compression)
         config = self._config()
         if self._host.ctx.observer is not None:
             return self._observed(config, request, timeout, metadata, credentials,
@@ -143,6 +149,11 @@ class _UnaryResponse(_MultiCallable):
     def with_call(self, request: Any, timeout: float | None = None, metadata: Any = None,
                   credentials: Any = None, wait_for_ready: bool | None = None,
                   compression: Any = None) -> tuple[Any, Any]:
+        if self._site.fast == self._ctx.generation:          # the hot path
+            out: tuple[Any, Any] = attempt.unary(self._host, self._site, request, timeout,
+                                                 metadata, credentials, wait_for_ready,
+                                                 compression, True)
+            return out
         config = self._config()
         if self._host.ctx.observer is not None:
             return self._observed(config, request, timeout, metadata, credentials,
@@ -166,7 +177,7 @@ class _UnaryResponse(_MultiCallable):
                                        timeout=timeout, repicks=repicks)
             else:
                 out = self._blocking(config, request, timeout, metadata, credentials,
-                                     wait_for_ready, compression, True)
+                                     wait_for_ready, compression, True, repicks)
         except grpc.RpcError as exc:
             call_ended(self._host, self._site, exc, t0, transparent=len(repicks))
             raise
@@ -175,15 +186,17 @@ class _UnaryResponse(_MultiCallable):
 
     def _blocking(self, config: MethodConfig, request: Any, timeout: float | None,
                   metadata: Any, credentials: Any, wait_for_ready: bool | None,
-                  compression: Any, with_call: bool) -> tuple[Any, Any]:
+                  compression: Any, with_call: bool,
+                  repicks: list[str] | None = None) -> tuple[Any, Any]:
+        """``repicks``: see ``retry`` (the observed path counts transparent retries)."""
         if (config.retry_policy is not None and config.hedging_policy is None
                 and self._site.kind is CallKind.UNARY_UNARY):
             return retry.blocking_unary(self._host, self._site, config, request, timeout,
                                         metadata, credentials, wait_for_ready, compression,
-                                        with_call)
+                                        with_call, repicks)
         inv = self._invocation(config, request, timeout, metadata, credentials,
                                wait_for_ready, compression)
-        return retry.blocking(self._host, inv, config, with_call)
+        return retry.blocking(self._host, inv, config, with_call, repicks)
 
     def future(self, request: Any, timeout: float | None = None, metadata: Any = None,
                credentials: Any = None, wait_for_ready: bool | None = None,

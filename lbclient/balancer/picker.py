@@ -82,12 +82,13 @@ class EndpointStats:
     """Per-endpoint counters shared by every picker and the channel.
 
     The channel calls :meth:`begin` when a call is placed on the endpoint and :meth:`end`
-    exactly once when it finishes, so ``in_flight`` is exact and returns to 0.
-    ``latency_ewma`` is an exponentially weighted mean of call latency in seconds
-    (None until the first call); ``peak_ewma`` is the peak-sensitive variant (jumps up
-    at once, decays over ``decay_time``) used by latency-aware policies. ``retiring``
-    becomes True when :meth:`when_idle` is called, i.e. the endpoint was removed: a call
-    that begins afterwards must not start on its closing connection.
+    (or :meth:`record`) exactly once when it finishes, so ``in_flight`` is exact and
+    returns to 0. ``latency_ewma`` is an exponentially weighted mean of call latency in
+    seconds (None until the first call). ``peak_ewma`` is the peak-sensitive variant
+    (jumps up at once, decays over ``decay_time``) used by latency-aware policies: it is
+    kept only once a policy asks for it (:meth:`track_peak`), so other channels don't pay
+    for it. ``retiring`` becomes True when :meth:`when_idle` is called, i.e. the endpoint
+    was removed: a call that begins afterwards must not start on its closing connection.
 
     Threading: the per-call methods take no lock. In-flight calls are tokens in a list
     and counters are ``itertools.count`` objects, whose appends, pops and increments are
@@ -95,18 +96,24 @@ class EndpointStats:
     same instant may each count as the last sample (harmless for an average).
     :meth:`try_begin` and :meth:`when_idle` take a small lock.
 
+    Cost: :meth:`begin` and :meth:`record` do the counting every endpoint needs, and check
+    one flag (``_extra``) for the rest: in-flight watchers, the channel's circuit-breaker
+    tokens, peak EWMA tracking, a pending idle callback. The flag is set before (and
+    cleared only after) what it guards, so a call never skips work it owes.
+
     In-flight watchers (:meth:`watch_in_flight`): a policy that keeps its own index of
     in-flight counts (``least_connections``) is called after every change of
     ``in_flight``, on the thread that changed it, with no lock held. The counter changes
     first and the watcher is read after it, while :meth:`watch_in_flight` stores the
     watcher before the policy reads the count, so no change can be missed. Endpoints
-    nobody watches pay one attribute check per begin and end.
+    nobody watches pay nothing for it.
     """
 
     __slots__ = ("_lock", "_active", "_picks", "_calls", "_failures", "latency_ewma",
                  "peak_ewma", "_peak_stamp", "decay_time", "clock", "_idle_callback",
-                 "_on_end", "retiring", "window", "shared", "overflows", "_local_failures",
-                 "_watcher", "_watchers", "__weakref__")
+                 "_on_end", "has_end_listeners", "retiring", "window", "_shared",
+                 "overflows", "_local_failures", "_watcher", "_watchers", "_track_peak",
+                 "_extra", "__weakref__")
 
     def __init__(self, clock: Callable[[], float], decay_time: float = 10.0) -> None:
         self._lock = threading.Lock()
@@ -118,19 +125,52 @@ class EndpointStats:
         self.peak_ewma: float | None = None
         self._peak_stamp = 0.0
         self.decay_time = decay_time
+        self._track_peak = False
         self.clock = clock
         self._idle_callback: Callable[[], None] | None = None
         self._on_end: tuple[Callable[[CallOutcome], None], ...] = ()
+        self.has_end_listeners = False        # True once an end listener was added
         self.retiring = False
-        # Recent calls and failures (``RecentWindow``-like: ``add(failed, now)``), if any.
+        # Recent calls and failures (``RecentWindow``-like: ``add(failed)``), if any.
         self.window: Any = None
         # The channel's in-flight tokens (circuit breakers), when a limit is set.
-        self.shared: list[None] | None = None
+        self._shared: list[None] | None = None
         self.overflows = itertools.count()   # picks that skipped it: it was full
         self._local_failures = itertools.count()   # failures of local origin
-        # Called after every change of in_flight (see watch_in_flight); None: nobody.
         self._watcher: Callable[[], None] | None = None
         self._watchers: tuple[Callable[[], None], ...] = ()
+        self._extra = False                   # any of: watcher, shared, peak, idle callback
+
+    def _refresh(self) -> None:
+        """Recompute ``_extra`` (under ``_lock``); setters set it True first themselves."""
+        self._extra = (self._watcher is not None or self._shared is not None
+                       or self._track_peak or self._idle_callback is not None)
+
+    @property
+    def shared(self) -> list[None] | None:
+        return self._shared
+
+    @shared.setter
+    def shared(self, tokens: list[None] | None) -> None:
+        """Count this endpoint's calls in the channel's in-flight tokens too (None: no
+        circuit breaker)."""
+        with self._lock:
+            self._extra = True
+            self._shared = tokens
+            self._refresh()
+
+    def track_peak(self, decay_time: float) -> None:
+        """Keep ``peak_ewma`` from now on, decaying over ``decay_time`` seconds (a
+        latency-aware policy asks; idempotent). It starts from ``latency_ewma``, the best
+        estimate of the calls before."""
+        with self._lock:
+            self.decay_time = decay_time
+            self._extra = True
+            if not self._track_peak:
+                self._track_peak = True
+                if self.peak_ewma is None and self.latency_ewma is not None:
+                    self.peak_ewma = self.latency_ewma
+                    self._peak_stamp = self.clock()
 
     @property
     def in_flight(self) -> int:
@@ -160,12 +200,13 @@ class EndpointStats:
     def begin(self) -> None:
         self._active.append(None)
         next(self._picks)
-        shared = self.shared
-        if shared is not None:
-            shared.append(None)
-        watcher = self._watcher
-        if watcher is not None:
-            watcher()
+        if self._extra:
+            shared = self._shared
+            if shared is not None:
+                shared.append(None)
+            watcher = self._watcher
+            if watcher is not None:
+                watcher()
 
     def begin_unwatched(self) -> None:
         """:meth:`begin` without calling the in-flight watchers: for a watcher's owner,
@@ -173,7 +214,7 @@ class EndpointStats:
         :meth:`notify_in_flight` (without that lock) for any other watcher."""
         self._active.append(None)
         next(self._picks)
-        shared = self.shared
+        shared = self._shared
         if shared is not None:
             shared.append(None)
 
@@ -196,7 +237,7 @@ class EndpointStats:
                 return False
             self._active.append(None)
         next(self._picks)
-        shared = self.shared
+        shared = self._shared
         if shared is not None:
             shared.append(None)
         watcher = self._watcher
@@ -207,50 +248,57 @@ class EndpointStats:
     def peak_ewma_at(self, now: float) -> float | None:
         """``peak_ewma`` decayed toward 0 over the time since its last sample (tower's
         read-time decay: an endpoint that got no call for a while is tried again); None
-        before the first call."""
+        before the first call (or before :meth:`track_peak`)."""
         peak, stamp = self.peak_ewma, self._peak_stamp
         if peak is None:
             return None
         return peak * math.exp(-max(now - stamp, 0.0) / self.decay_time)
 
     def end(self, outcome: CallOutcome, failure: bool) -> None:
-        """Record a finished call. ``failure`` is the caller's classification."""
-        self.record(outcome.latency, failure)
+        """Record a finished call. ``failure`` is the caller's classification. A
+        CANCELLED call (the caller's choice, mostly) is no latency sample."""
+        self.record(outcome.latency if outcome.code != "CANCELLED" else None, failure)
         for fn in self._on_end:
             fn(outcome)
 
-    def record(self, latency: float, failure: bool) -> None:
+    def record(self, latency: float | None, failure: bool) -> None:
         """:meth:`end` without an outcome for the end listeners (the channel's path when
-        nobody listens)."""
+        nobody listens). ``latency`` None: count the call but take no latency sample."""
         self._active.pop()
+        next(self._calls)
+        if failure:
+            next(self._failures)
+        if latency is not None:
+            ewma = self.latency_ewma
+            self.latency_ewma = latency if ewma is None else ewma + 0.2 * (latency - ewma)
+        window = self.window
+        if window is not None:
+            window.add(failure)
+        if self._extra:
+            self._record_extra(latency)
+
+    def _record_extra(self, latency: float | None) -> None:
         watcher = self._watcher
         if watcher is not None:
             watcher()
-        shared = self.shared
+        shared = self._shared
         if shared is not None:
             try:
                 shared.pop()
             except IndexError:   # breakers were switched on while this call ran
                 pass
-        next(self._calls)
-        if failure:
-            next(self._failures)
-        if latency < 0.0:
-            latency = 0.0
-        ewma = self.latency_ewma
-        self.latency_ewma = latency if ewma is None else ewma + 0.2 * (latency - ewma)
-        now = self.clock()
-        peak = self.peak_ewma
-        if peak is None or latency > peak:
-            self.peak_ewma = latency
-        else:
-            elapsed = now - self._peak_stamp
-            w = math.exp(-elapsed / self.decay_time) if elapsed > 0.0 else 1.0
-            self.peak_ewma = latency + w * (peak - latency)
-        self._peak_stamp = now
-        window = self.window
-        if window is not None:
-            window.add(failure, now)
+        if self._track_peak and latency is not None:
+            if latency < 0.0:
+                latency = 0.0
+            now = self.clock()
+            peak = self.peak_ewma
+            if peak is None or latency > peak:
+                self.peak_ewma = latency
+            else:
+                elapsed = now - self._peak_stamp
+                w = math.exp(-elapsed / self.decay_time) if elapsed > 0.0 else 1.0
+                self.peak_ewma = latency + w * (peak - latency)
+            self._peak_stamp = now
         if self._idle_callback is not None:
             self._run_idle()
 
@@ -258,43 +306,48 @@ class EndpointStats:
         """Undo a :meth:`begin` whose call never started (a pick counted at pick time
         and then not used); the pick itself stays counted."""
         self._active.pop()
-        watcher = self._watcher
-        if watcher is not None:
-            watcher()
-        shared = self.shared
-        if shared is not None:
-            try:
-                shared.pop()
-            except IndexError:   # breakers were switched on while this call ran
-                pass
-        if self._idle_callback is not None:
-            self._run_idle()
+        if self._extra:
+            watcher = self._watcher
+            if watcher is not None:
+                watcher()
+            shared = self._shared
+            if shared is not None:
+                try:
+                    shared.pop()
+                except IndexError:   # breakers were switched on while this call ran
+                    pass
+            if self._idle_callback is not None:
+                self._run_idle()
 
     def _run_idle(self) -> None:
         with self._lock:
             idle = self._idle_callback if not self._active else None
             if idle is not None:
                 self._idle_callback = None
+                self._refresh()
         if idle is not None:
             idle()
-
-    @property
-    def has_end_listeners(self) -> bool:
-        return bool(self._on_end)
 
     def when_idle(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once no call is in flight (now, if none is)."""
         with self._lock:
             self.retiring = True
-            if self._active:
+            busy = bool(self._active)
+            if busy:
+                self._extra = True
                 self._idle_callback = callback
-                return
-        callback()
+        if not busy:
+            callback()
+        elif not self._active:
+            # A call that ended between the check above and the store may have missed
+            # the callback: look again (``_run_idle`` runs it at most once).
+            self._run_idle()
 
     def add_end_listener(self, fn: Callable[[CallOutcome], None]) -> None:
         """``fn(outcome)`` after every call that ends on this endpoint (any thread)."""
         with self._lock:
             self._on_end = (*self._on_end, fn)
+            self.has_end_listeners = True
 
     def watch_in_flight(self, fn: Callable[[], None]) -> None:
         """Call ``fn()`` after every change of ``in_flight`` (a call begun, ended or
@@ -303,6 +356,7 @@ class EndpointStats:
         that read is followed by a call of ``fn``. :meth:`unwatch_in_flight` takes the
         same object."""
         with self._lock:
+            self._extra = True
             watchers = self._watchers = (*self._watchers, fn)
             self._watcher = fn if len(watchers) == 1 else _chain(watchers)
 
@@ -311,6 +365,7 @@ class EndpointStats:
         with self._lock:
             self._watchers = tuple(w for w in self._watchers if w is not fn)
             self._watcher = _chain(self._watchers)
+            self._refresh()
 
 
 def _chain(fns: tuple[Callable[[], None], ...]) -> Callable[[], None] | None:

@@ -24,35 +24,38 @@ def _value(counter: itertools.count[int]) -> int:
 
 
 class RecentWindow:
-    __slots__ = ("span", "_width", "_slots", "_clock", "_buckets")
+    __slots__ = ("span", "_per_second", "_slots", "_clock", "_buckets")
 
     def __init__(self, clock: Callable[[], float], span: float = 10.0, slots: int = 10) -> None:
         if span <= 0 or slots < 1:
             raise ValueError("span must be > 0 and slots >= 1")
         self.span = span
         self._slots = slots
-        self._width = span / slots
+        self._per_second = slots / span       # slot numbers per second
         self._clock = clock
-        self._buckets: list[_Bucket | None] = [None] * slots
+        empty: _Bucket = (-(1 << 62), itertools.count(), itertools.count())
+        self._buckets: list[_Bucket] = [empty] * slots
 
-    def add(self, failed: bool, now: float | None = None) -> None:
-        """Count one call (``now``: the clock's current time, if the caller has it)."""
-        n = int((self._clock() if now is None else now) // self._width)
+    def add(self, failed: bool) -> None:
+        """Count one call (on the per-call path: one clock read, no allocation but once
+        per slot width)."""
+        n = int(self._clock() * self._per_second)
+        buckets = self._buckets
         i = n % self._slots
-        bucket = self._buckets[i]
-        if bucket is None or bucket[0] != n:
-            bucket = self._buckets[i] = (n, itertools.count(), itertools.count())
+        bucket = buckets[i]
+        if bucket[0] != n:
+            bucket = buckets[i] = (n, itertools.count(), itertools.count())
         next(bucket[1])
         if failed:
             next(bucket[2])
 
     def counts(self) -> tuple[int, int]:
         """(calls, failures) within the last ``span`` seconds (to one slot's width)."""
-        n = int(self._clock() // self._width)
+        n = int(self._clock() * self._per_second)
         oldest = n - self._slots + 1
         calls = failures = 0
         for bucket in list(self._buckets):
-            if bucket is not None and bucket[0] >= oldest:
+            if bucket[0] >= oldest:
                 calls += _value(bucket[1])
                 failures += _value(bucket[2])
         return calls, failures

@@ -100,7 +100,7 @@ class PeakEwma(WeightedPolicy):
 
     def build_picker(self, candidates: Sequence[Candidate]) -> PeakEwmaPicker:
         for c in candidates:
-            c.stats.decay_time = self.config.decay_time
+            c.stats.track_peak(self.config.decay_time)
         return PeakEwmaPicker(candidates, self.ctx.rng, self.ctx.clock)
 
 
