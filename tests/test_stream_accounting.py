@@ -129,3 +129,26 @@ def test_a_cancelled_unary_future_is_not_a_failure() -> None:
                 f.result()
             _settled(ch, fleet)
             _no_failures(ch, events)
+
+
+def test_a_cancelled_slow_call_is_no_latency_sample() -> None:
+    """A stream the caller cancels after a long wait says nothing about the endpoint's
+    latency: neither its latency EWMA nor peak_ewma's estimate moves (before the fix a
+    stream cancelled after 1 s raised the peak from 5 ms to 1.2 s)."""
+    config = {"loadBalancingConfig": [{"peak_ewma": {}}]}
+    slow = echo_pb2.EchoRequest(message="s", count=2, sleep_ms=3000)
+    with Fleet(1) as fleet:
+        with lbclient.insecure_channel(fleet.target, service_config=config) as ch:
+            wait_ready(ch, 1)
+            stub = echo_pb2_grpc.EchoStub(ch)
+            for _ in range(5):
+                stub.Unary(echo_pb2.EchoRequest(message="fast"), timeout=5)
+            rec = ch._balancer.records()[0]
+            before = (rec.stats.latency_ewma, rec.stats.peak_ewma)
+            assert before[0] is not None and before[1] is not None and before[1] < 0.5
+            stream = stub.ServerStream(slow, timeout=10)
+            time.sleep(0.6)
+            stream.cancel()
+            _settled(ch, fleet)
+            assert (rec.stats.latency_ewma, rec.stats.peak_ewma) == before
+            assert ch.endpoints()[0].calls == 6          # counted as a call all the same
