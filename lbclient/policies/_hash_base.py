@@ -177,7 +177,8 @@ class HashPolicy(Policy):
         self._known: frozenset[str] = frozenset()
         self._members: list[tuple[str, str, float]] | None = None   # of _all
         self._last_members: list[tuple[str, str, float]] = []
-        self._member_of: dict[str, tuple[Endpoint, tuple[str, str, float]]] = {}
+        self._last_ids: dict[int, Endpoint] = {}        # id -> the endpoints behind them
+        self._member_of: dict[str, tuple[str, str, float]] = {}   # address -> member
         self._layout_key: tuple[Any, ...] | None = None
         self._layout: Layout | None = None
         self._laid_out: list[tuple[str, str, float]] | None = None  # members of _layout
@@ -206,29 +207,33 @@ class HashPolicy(Policy):
 
     def _compute_members(self, known: Sequence[Endpoint], extra: Sequence[Candidate]
                          ) -> list[tuple[str, str, float]]:
-        endpoints = {e.address: e for e in known}
+        endpoints = dict(zip(map(_ADDRESS, known), known, strict=True))
         for c in extra:
             endpoints.setdefault(c.address, c.endpoint)
-        weights, prev = self._weights, self._member_of
-        member_of: dict[str, tuple[Endpoint, tuple[str, str, float]]] = {}
-        # Unchanged endpoints (the same Endpoint object) keep their member, in the last
-        # sorted order, so the final sort is nearly linear (Timsort's runs).
-        out = []
-        for m in self._last_members:
-            a = m[1]
-            e = endpoints.get(a)
-            if e is not None and prev[a][0] is e:
-                out.append(m)
-                member_of[a] = (e, m)
-        if len(out) != len(endpoints):
-            for a, e in endpoints.items():
-                if a not in member_of:
-                    m = (hash_key(e), a, float(weights.get(a, e.weight)))
-                    out.append(m)
-                    member_of[a] = (e, m)
-        out.sort()
-        self._member_of, self._last_members = member_of, out
+        # Unchanged endpoints (the same Endpoint objects) keep their members: the
+        # changed ones are found with set operations on object ids and edited into the
+        # last sorted list with bisect, so a small change costs O(n) in C, not in Python.
+        by_id = dict(zip(map(id, endpoints.values()), endpoints.values(), strict=True))
+        last, last_ids = self._last_members, self._last_ids
+        gone, new = last_ids.keys() - by_id.keys(), by_id.keys() - last_ids.keys()
+        if last and 8 * (len(gone) + len(new)) < len(endpoints):
+            out = list(last)
+            member_of = self._member_of
+            for i in gone:
+                m = member_of.pop(last_ids[i].address)
+                del out[bisect.bisect_left(out, m)]
+            for i in new:
+                e = by_id[i]
+                m = member_of[e.address] = self._member(e)
+                bisect.insort(out, m)
+        else:
+            member_of = {a: self._member(e) for a, e in endpoints.items()}
+            out = sorted(member_of.values())
+        self._member_of, self._last_members, self._last_ids = member_of, out, by_id
         return out
+
+    def _member(self, e: Endpoint) -> tuple[str, str, float]:
+        return (hash_key(e), e.address, float(self._weights.get(e.address, e.weight)))
 
     def layout_for(self, candidates: Sequence[Candidate]) -> Layout:
         ready = self._ready

@@ -144,21 +144,17 @@ class LoadIndex:
         j = i + self._size
         mins[j] = score
         ties[j] = tie
-        j >>= 1
-        while j:
-            k = j + j
-            a, b = mins[k], mins[k + 1]
-            if a < b:
-                t = ties[k]
-            elif b < a:
-                a, t = b, ties[k + 1]
-            else:
-                t = ties[k] + ties[k + 1]
-            if mins[j] == a and ties[j] == t:
-                return
-            mins[j] = a
-            ties[j] = t
+        while j > 1:                 # carry the node's value up, combining its sibling
+            b = mins[j ^ 1]
+            if b < score:
+                score, tie = b, ties[j ^ 1]
+            elif b == score:
+                tie += ties[j ^ 1]
             j >>= 1
+            if mins[j] == score and ties[j] == tie:
+                return
+            mins[j] = score
+            ties[j] = tie
 
     def _refresh(self, i: int, stats: EndpointStats) -> None:
         """The in-flight watcher of slot ``i``: re-read the count."""

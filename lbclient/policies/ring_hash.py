@@ -167,11 +167,12 @@ class RingHash(HashPolicy):
 
     def make_layout(self, members: list[tuple[str, str, float]]) -> Layout:
         counts = self._counts(members)
-        new = {a: (key, c, w) for (key, a, w), c in zip(members, counts, strict=True)}
+        keys, addresses, weights = zip(*members, strict=True) if members else ((), (), ())
+        new = dict(zip(addresses, zip(keys, counts, weights, strict=True), strict=True))
         old, points = self._ring_counts, self._sorted
-        changed = {a for a, _ in new.items() ^ old.items()}
-        if points and 8 * len(changed) < len(new):
-            for a in changed:
+        diff = new.items() ^ old.items()
+        if points and 4 * len(diff) < len(new):
+            for a in {a for a, _ in diff}:
                 before, after = old.get(a), new.get(a)
                 if before is not None and (after is None or after[0] != before[0]):
                     self._edit(points, before[0], a, before[1], 0)
@@ -181,17 +182,18 @@ class RingHash(HashPolicy):
                            after[1] if after else 0)
         else:
             points = []
-            for (key, a, _), c in zip(members, counts, strict=True):
+            hashes = self._point_hashes
+            for key, a, c in zip(keys, addresses, counts, strict=True):
                 if c:
-                    points += [(h, key, a) for h in self._point_hashes(key, c)[:c]]
+                    points += [(h, key, a) for h in hashes(key, c)[:c]]
             points.sort()
         self._ring_counts, self._sorted = new, points
         if len(self._points) > len(members):
-            keys = {key for key, _, _ in members}
-            for key in [k for k in self._points if k not in keys]:
+            present = set(keys)
+            for key in [k for k in self._points if k not in present]:
                 del self._points[key]
-        index = {a: m for m, (_, a, _) in enumerate(members)}
-        return Ring(tuple(a for _, a, _ in members), [h for h, _, _ in points],
+        index = dict(zip(addresses, range(len(addresses)), strict=True))
+        return Ring(tuple(addresses), [h for h, _, _ in points],
                     [index[a] for _, _, a in points])
 
     def _edit(self, points: list[tuple[int, str, str]], key: str, address: str,
