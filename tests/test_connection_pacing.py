@@ -80,8 +80,8 @@ def test_a_large_update_is_opened_a_slice_at_a_time() -> None:
     for i in range(n):
         opener.add(Conn(clock, log, i))
     sched.run_next()
-    # the burst's first FAST at once, then a slice's worth (1 ms of 100 us opens)
-    assert len(log) == Opener.FAST
+    # the burst's first FAST at once (to the end of its last 1 ms slice of 100 us opens)
+    assert Opener.FAST <= len(log) <= Opener.FAST + 11
     slices = 0
     while sched.timers:
         assert [t.delay for t in sched.timers] == [Opener.PAUSE]
@@ -106,9 +106,10 @@ def test_a_closed_opener_opens_nothing_more() -> None:
     sched.run_next()
     opener.close()
     assert all(t.cancelled for t in sched.timers)
+    opened = len(log)
     opener.add(Conn(clock, log, -1))
     sched.run_next()
-    assert len(log) == Opener.FAST and opener.pending() == 0
+    assert len(log) == opened < Opener.FAST + 50 and opener.pending() == 0
 
 
 def test_token_bucket() -> None:

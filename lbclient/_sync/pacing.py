@@ -4,10 +4,11 @@ A resolver update that adds 10,000 endpoints must not take the caller threads' s
 the interpreter: making a grpc channel costs ~50-100 us of CPU with the GIL held, and a
 connection-error probe ~0.5 ms (a call and a grpc thread). So:
 
-* :class:`Opener` opens new connections on the channel's scheduler: the first
-  ``FAST`` of a burst at once (a new channel, a modest update), the rest a slice at a
-  time (about a millisecond of work, then a pause: ~5% of the interpreter), so callers
-  wait at most a slice for the GIL. Each connection opened also costs grpc's own
+* :class:`Opener` opens new connections on the channel's scheduler a slice at a time
+  (about a millisecond of work, then the interpreter is offered to waiting threads, so
+  callers wait at most a slice for it): the first ``FAST`` of a burst without pauses (a
+  new channel, a modest update), the rest with a pause after each slice (~5% of the
+  interpreter). Each connection opened also costs grpc's own
   connection attempts and the connectivity bookkeeping, so the pace bounds those too: a
   grow to 10,000 endpoints gets its connections over some seconds (~15 s on the
   reference machine) instead of starving the calls in flight.
@@ -67,12 +68,19 @@ class Opener:
                     self._timer = None
                     self._burst = 0
                     return
-                if (self._burst >= self.FAST and opened >= self.MIN_PER_SLICE
-                        and self._clock() >= end):
-                    self._timer = self._scheduler.call_later(self.PAUSE, self._slice)
-                    return
-                conn = self._queue.popleft()
-                self._burst += 1
+                if opened >= self.MIN_PER_SLICE and self._clock() >= end:
+                    if self._burst >= self.FAST:
+                        self._timer = self._scheduler.call_later(self.PAUSE, self._slice)
+                        return
+                    end, opened = self._clock() + self.SLICE, 0
+                    pause = True
+                else:
+                    pause = False
+                    conn = self._queue.popleft()
+                    self._burst += 1
+            if pause:
+                time.sleep(0)      # let waiting threads (callers) have the interpreter
+                continue
             conn.open()
             opened += 1
 
