@@ -181,3 +181,40 @@ def test_overhead_smoke_gives_finite_ratios_for_every_variant() -> None:
     text = run.render([(run.Scenario("overhead", "benchmarks.bench_overhead"), section)],
                       {}, "cmd", "smoke", section.seconds)
     assert "## Overhead" in text and "calls/s ÷ native rr" in text
+
+
+# ----------------------------------------------------------------------------- issue 17
+
+
+def test_endpoints300_smoke_measures_every_variant_against_native() -> None:
+    """300-endpoint CPU per call (here 6 endpoints): every variant reached its backends
+    with no errors and has finite ratios against native round_robin."""
+    from benchmarks import bench_endpoints300
+
+    section = bench_endpoints300.run_smoke()
+    assert section.status == "ok" and len(section.tables) == 1
+    [table] = section.tables
+    assert [row[0] for row in table.rows] == [*bench_endpoints300.VARIANTS,
+                                              "native round_robin, 3 endpoints",
+                                              "lbclient round_robin, 3 endpoints"]
+    assert all(row[-1] == "0" for row in table.rows)          # no failed calls
+    m = section.metrics
+    assert m["native_round_robin.cpu_vs_native"] == 1.0
+    for key in ("round_robin", "least_connections", "random_subsetting_10"):
+        assert _finite(m[f"{key}.cpu_vs_native"]) and m[f"{key}.cpu_vs_native"] > 0, key
+    assert all(_finite(v) for v in m.values())
+
+
+def test_discovery_grow_smoke_runs_without_etcd() -> None:
+    """The grow part of bench_discovery alone (no etcd): control, round_robin over
+    refusing endpoints, random_subsetting over live ones; no call fails."""
+    from benchmarks import bench_discovery
+
+    section = bench_discovery.run_grow_smoke()
+    assert section.status == "ok" and len(section.tables) == 2
+    assert [row[0] for row in section.tables[0].rows] == bench_discovery.QUICK_GROWS
+    m = section.metrics
+    for key in ("control", "round_robin", "random_subsetting_live"):
+        assert m[f"grow.{key}.failed"] == 0.0, key
+        assert _finite(m[f"grow.{key}.ratio"]) and m[f"grow.{key}.ratio"] > 0, key
+    assert [row[2] for row in section.tables[0].rows] == ["3", "30", "10"]   # kept
