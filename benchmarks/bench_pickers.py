@@ -40,7 +40,7 @@ from lbclient.endpoint import Endpoint
 TITLE = "Picker cost per policy: pick and rebuild at 3 / 300 / 10,000 endpoints"
 HEADER = "x-lb-key"
 METHOD = "/lbclient.testing.echo.v1.Echo/Unary"
-RR = [{"round_robin": {}}]
+RR: list[dict[str, Any]] = [{"round_robin": {}}]
 # A config for every built-in policy that needs one to have something to do; the others
 # are benchmarked with {} (and a policy registered later with a round_robin childPolicy).
 CONFIGS: dict[str, dict[str, Any]] = {

@@ -1,5 +1,6 @@
-"""Scenario 6 — scale: pick cost and picker rebuild time per policy at 10 / 1,000 / 10,000
-endpoints (pure, no network), and memory per endpoint.
+"""Scenario 6 — scale: pick cost and picker rebuild time per policy at 3 / 300 / 10,000
+endpoints (pure, no network), and memory per endpoint. (A real channel's CPU per call at
+300 endpoints, least_connections and round_robin next to grpcio's: bench_endpoints300.)
 
 * Pick cost: ``picker.pick(PickInfo)`` alone, and "pick + done" (what the channel adds per
   call in the picker layer: ``stats.begin()`` unless the picker counted the call,
@@ -11,6 +12,9 @@ endpoints (pure, no network), and memory per endpoint.
 * Endpoint memory: tracemalloc of N x (Endpoint + EndpointStats + Candidate); and a real
   ``LoadBalancedChannel`` over N addresses nobody listens on (Python heap by tracemalloc,
   resident memory and threads by the OS), including the time its ``close()`` takes.
+
+Every registered policy is measured, with bench_pickers' configs and endpoints (weights
+1..5, zones, priorities), so group and subsetting policies have groups and subsets.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from benchmarks._common import Section, Table, fake_candidates, pure_policy, standalone_main
+from benchmarks import bench_pickers
+from benchmarks._common import Section, Table, fake_candidates, standalone_main
 from lbclient.balancer.picker import CallOutcome, PickInfo
 from lbclient.balancer.policy import get_policy, registered_policies
 
@@ -32,17 +37,12 @@ SCENARIO = 6
 TITLE = "Scale: pick cost, picker rebuild and memory per endpoint"
 HASH_HEADER = "x-lb-key"
 METHOD = "/lbclient.testing.echo.v1.Echo/Unary"
-# Configs for policies whose defaults need an input; the others are benchmarked with {}.
-CONFIGS: dict[str, dict[str, Any]] = {
-    "ring_hash": {"requestHashHeader": HASH_HEADER},
-    "maglev": {"requestHashHeader": HASH_HEADER},
-    "sticky": {"sessionHeader": HASH_HEADER, "childPolicy": [{"round_robin": {}}]},
-}
+CONFIGS = bench_pickers.CONFIGS      # the same key header: x-lb-key
 
 
 @dataclass(frozen=True)
 class Settings:
-    sizes: tuple[int, ...] = (10, 1_000, 10_000)
+    sizes: tuple[int, ...] = (3, 300, 10_000)
     pick_seconds: float = 0.25  # time budget per pick measurement
     rebuild_seconds: float = 0.5  # time budget per rebuild measurement (at least 1 build)
     max_rebuilds: int = 30
@@ -54,7 +54,7 @@ class Settings:
 FULL = Settings()
 QUICK = replace(FULL, pick_seconds=0.06, rebuild_seconds=0.15, max_rebuilds=10,
                 channel_sizes=(10, 30))
-SMOKE = replace(QUICK, sizes=(10, 100), pick_seconds=0.01, rebuild_seconds=0.02,
+SMOKE = replace(QUICK, sizes=(3, 100), pick_seconds=0.01, rebuild_seconds=0.02,
                 max_rebuilds=3, memory_endpoints=500, channel_sizes=(5,), settle_seconds=1.0)
 
 _OUTCOME = CallOutcome("OK", 0.001)
@@ -62,39 +62,18 @@ _INFOS = [PickInfo(METHOD, ((HASH_HEADER, f"user-{i}"),)) for i in range(1024)]
 
 
 def policies(notes: list[str]) -> list[tuple[str, str, Any]]:
-    """(label, name, raw config) per distinct registered policy (aliases folded)."""
-    by_spec: dict[int, list[str]] = {}
+    """(label, name, raw config) per distinct registered policy (aliases named in the
+    label), round_robin first: the other rows are compared with it."""
+    aliases: dict[str, list[str]] = {}
     for name in registered_policies():
         spec = get_policy(name)
-        if spec is not None:
-            by_spec.setdefault(id(spec), []).append(name)
+        if spec is not None and name != spec.name:
+            aliases.setdefault(spec.name, []).append(name)
     out = []
-    for names in by_spec.values():
-        spec = get_policy(names[0])
-        assert spec is not None
-        aliases = [n for n in names if n != spec.name]
-        label = spec.name + (f" (alias {', '.join(aliases)})" if aliases else "")
-        raw = _config_for(spec.name, notes)
-        if raw is not None:
-            out.append((label, spec.name, raw))
-    # round_robin first: the other rows are compared with it.
-    return sorted(out, key=lambda p: (p[1] != "round_robin", p[0]))
-
-
-def _config_for(name: str, notes: list[str]) -> dict[str, Any] | None:
-    """The policy's benchmark config: CONFIGS or {}, else (wrapper policies) a
-    round_robin ``childPolicy``; None (with a note) if neither is accepted."""
-    tries = [CONFIGS.get(name, {}), {"childPolicy": [{"round_robin": {}}]}]
-    error: Exception | None = None
-    for raw in tries:
-        try:
-            pure_policy(name, raw)
-            return raw
-        except ValueError as exc:
-            error = error or exc
-    notes.append(f"`{name}`: needs a config this scenario does not build ({error}) — "
-                 "skipped.")
-    return None
+    for name, raw in bench_pickers.policies(notes):
+        extra = aliases.get(name)
+        out.append((name + (f" (alias {', '.join(extra)})" if extra else ""), name, raw))
+    return out
 
 
 def _timed(fn: Callable[[int], None], budget: float, batch: int) -> float:
@@ -161,13 +140,18 @@ def picker_table(s: Settings, section: Section) -> Table:
     rr_pick: dict[int, float] = {}
     for label, name, raw in policies(section.notes):
         for n in s.sizes:
-            candidates = fake_candidates(n)
-            policy = pure_policy(name, raw)
+            world = bench_pickers.World(name, raw, bench_pickers.endpoints(n))
+            policy = world.policy
+            subset = getattr(policy, "subset", None)   # subsetting: the child's share
+            candidates = ([world.by_address[a] for a in subset] if subset
+                          else list(world.by_address.values()))
             rebuild = rebuild_cost(policy, candidates, s)
             picker = policy.build_picker(candidates)
             pick = pick_cost(picker, s.pick_seconds, False)
             done = pick_cost(policy.build_picker(candidates), s.pick_seconds, True)
-            mem = traced_bytes(lambda p=policy, c=candidates: p.build_picker(c)) / n
+            def build(p: Any = policy, c: list[Any] = candidates) -> Any:
+                return p.build_picker(c)
+            mem = traced_bytes(build) / n
             if name == "round_robin":
                 rr_pick[n] = pick
             ratio = f"{pick / rr_pick[n]:.1f}×" if n in rr_pick else "—"
@@ -258,8 +242,9 @@ def measure(s: Settings) -> Section:
         "Pick and rebuild are CPU time of the measuring thread (`time.thread_time()`), "
         "single-threaded, so time spent descheduled on this shared 2-core machine is not "
         "counted; cache and frequency effects remain (expect ±20% between runs: compare "
-        "rows of the same run). `priority`/`zone_aware` see no group attributes here, so "
-        "all endpoints form one group; wrapper policies wrap round_robin.",
+        "rows of the same run). Endpoints and configs are bench_pickers': weights 1..5, "
+        "four zones, every fourth endpoint priority 1; wrapper policies wrap round_robin; "
+        "subsetting rows pick from their 10-endpoint subset.",
         "'pick + done' adds what the channel does per call around the pick "
         "(EndpointStats.begin/end and the pick's on_done).",
         "Channel memory: the Python heap is what tracemalloc sees (grpc's C-core memory is "
