@@ -85,7 +85,7 @@ class _MultiCallable:
             return call
         inv = self._invocation(None, request, timeout, metadata, credentials, wait_for_ready,
                                compression)
-        return DEFERRED[site.kind.value](host, inv)
+        return DEFERRED[site.kind.value](host, inv, repicked=1)   # endpoint removed: pick again
 
     def _invocation(self, config: MethodConfig | None, request: Any, timeout: float | None,
                     metadata: Any, credentials: Any, wait_for_ready: bool | None,
@@ -102,7 +102,9 @@ class _MultiCallable:
             return self._deferred(inv, exc)
         call = start(host, site, result, inv.request, remaining(inv.deadline), inv.metadata,
                      inv.credentials, inv.wait_for_ready, inv.compression)
-        return call if call is not None else DEFERRED[site.kind.value](self._host, inv)
+        if call is not None:
+            return call
+        return DEFERRED[site.kind.value](self._host, inv, repicked=1)   # removed: pick again
 
     def _deferred(self, inv: Invocation, error: PickError) -> Any:
         failed = fail_now(self._host.ctx, error, inv.wait_for_ready)

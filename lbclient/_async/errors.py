@@ -18,16 +18,19 @@ def aio_error(code: grpc.StatusCode | str, details: str) -> grpc.aio.AioRpcError
                                 f"lbclient: {code.name}: {details}")
 
 
-def with_attempts(error: grpc.aio.AioRpcError, previous: int) -> grpc.aio.AioRpcError:
+def with_attempts(error: grpc.aio.AioRpcError, previous: int,
+                  delay: float = 0.0) -> grpc.aio.AioRpcError:
     """``error`` reporting ``previous`` earlier attempts: ``grpc-previous-rpc-attempts``
-    added to its trailing metadata and a ``previous_rpc_attempts`` attribute (``error``
-    itself when there were none)."""
+    added to its trailing metadata, a ``previous_rpc_attempts`` attribute and a
+    ``retry_delay`` one (``delay``: seconds between the attempts with none in flight,
+    gRFC A96) - ``error`` itself when there were none."""
     if previous <= 0:
         return error
     trailing = grpc.aio.Metadata(*add_attempts_trailer(error.trailing_metadata(), previous))
     wrapped = grpc.aio.AioRpcError(error.code(), error.initial_metadata(), trailing,
                                    error.details(), error.debug_error_string())
     wrapped.previous_rpc_attempts = previous  # type: ignore[attr-defined]
+    wrapped.retry_delay = delay  # type: ignore[attr-defined]
     return wrapped
 
 

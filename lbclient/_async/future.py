@@ -36,8 +36,16 @@ from .status import FirstStatus, Status, peer_status, weakly, when_done
 
 
 class DeferredCall:
+    """``repicked``: transparent retries made before it (the caller's pick went to an
+    endpoint removed meanwhile); ``transparent_retries`` counts them and its own."""
+
+    _transparent = 0    # picks again because the endpoint was removed (set when one is)
+
     def __init__(self, host: AioPlacement, inv: Invocation,
-                 error: PickError | grpc.aio.AioRpcError | None = None) -> None:
+                 error: PickError | grpc.aio.AioRpcError | None = None,
+                 repicked: int = 0) -> None:
+        if repicked:
+            self._transparent = repicked
         self._host = host
         self._inv = inv
         self._call: Any = None                       # grpc.aio's call, once started
@@ -66,6 +74,7 @@ class DeferredCall:
                 if call is not None:
                     self._started(call)
                     return
+                self._transparent += 1      # removed meanwhile: a transparent retry
             raise aio_error("UNAVAILABLE", "endpoints were removed while the call started")
         except grpc.aio.AioRpcError as exc:
             self._ended(exc)
@@ -123,6 +132,12 @@ class DeferredCall:
 
     async def wait_for_connection(self) -> None:
         await (await self._real()).wait_for_connection()
+
+    @property
+    def transparent_retries(self) -> int:
+        """Times the call was picked again because its endpoint was removed before it
+        could start (gRFC A96's transparent retries)."""
+        return self._transparent
 
     # ------------------------------------------------------------------ RpcContext
     def cancel(self) -> bool:
@@ -216,7 +231,11 @@ class RetriedCall:
     coroutines, ``cancel``/``done``/``add_done_callback``, and
     ``grpc-previous-rpc-attempts`` in its trailing metadata (and errors) when it took more
     than one attempt. When the driver ends, ``_rpc`` is the final attempt's grpc.aio call
-    (None if none started) and ``_error`` the call's error, if it failed."""
+    (None if none started) and ``_error`` the call's error, if it failed. It also reports
+    gRFC A96's ``retry_delay`` (from the driver's plan: ``_retry_delay``) and
+    ``transparent_retries`` (picks again of endpoints removed before an attempt began)."""
+
+    _transparent = 0    # picks again because the endpoint was removed (set when one is)
 
     def __init__(self, host: AioPlacement, inv: Invocation) -> None:
         self._host = host
@@ -253,6 +272,7 @@ class RetriedCall:
                         metadata, inv.credentials, inv.wait_for_ready, inv.compression)
             if rpc is not None:
                 break
+            self._transparent += 1          # removed meanwhile: a transparent retry
         else:
             raise aio_error("UNAVAILABLE", "endpoints were removed while the call started")
         self._placed(result.candidate.address)
@@ -271,12 +291,16 @@ class RetriedCall:
     def _placed(self, address: str) -> None:
         """An attempt goes to ``address``."""
 
+    def _retry_delay(self) -> float:
+        """Seconds spent between attempts with none in flight (the plan's)."""
+        return 0.0
+
     # ------------------------------------------------------------------ driver
     async def _run(self) -> Any:
         try:
             return await self._drive()
         except grpc.aio.AioRpcError as exc:
-            self._error = with_attempts(exc, self._previous)
+            self._error = with_attempts(exc, self._previous, self._retry_delay())
             raise self._error from None
 
     def _driven(self, task: asyncio.Task[Any]) -> None:
@@ -374,6 +398,17 @@ class RetriedCall:
     def previous_rpc_attempts(self) -> int:
         """Attempts made before the final one."""
         return self._previous
+
+    @property
+    def retry_delay(self) -> float:
+        """Seconds spent between attempts with none in flight (gRFC A96), so far."""
+        return self._retry_delay()
+
+    @property
+    def transparent_retries(self) -> int:
+        """Times an attempt was picked again because its endpoint was removed before it
+        could start (gRFC A96's transparent retries)."""
+        return self._transparent
 
     # ------------------------------------------------------------------ grpc.aio.RpcContext
     def cancel(self) -> bool:

@@ -35,6 +35,9 @@ class HedgedCall(RetriedCall, grpc.aio.UnaryUnaryCall[Any, Any]):
     def _placed(self, address: str) -> None:
         self._plan.tried.append(address)
 
+    def _retry_delay(self) -> float:
+        return self._plan.retry_delay
+
     async def _attempt(self, n: int) -> tuple[Any, Any]:
         metadata = attempt_metadata(self._inv.metadata, n)
         rpc = await self._place(metadata, frozenset(self._plan.tried), self._inv.request)

@@ -48,6 +48,9 @@ class RetryingUnaryCall(RetriedCall):
     def _placed(self, address: str) -> None:
         self._plan.placed(address)
 
+    def _retry_delay(self) -> float:
+        return self._plan.retry_delay
+
     async def _drive(self) -> Any:
         plan, inv, replay = self._plan, self._inv, self._replay
         while True:

@@ -45,6 +45,9 @@ class RetryingStreamCall(RetriedCall):
     def _placed(self, address: str) -> None:
         self._plan.placed(address)
 
+    def _retry_delay(self) -> float:
+        return self._plan.retry_delay
+
     async def _drive(self) -> None:
         plan, host, replay = self._plan, self._host, self._replay
         last: grpc.aio.AioRpcError | None = None
@@ -112,7 +115,7 @@ class RetryingStreamCall(RetriedCall):
         try:
             return await self._rpc.read()
         except grpc.aio.AioRpcError as exc:
-            raise with_attempts(exc, self._previous) from None
+            raise with_attempts(exc, self._previous, self._retry_delay()) from None
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()

@@ -22,6 +22,11 @@ whose actions from two events interleave (threads) keep only the newest timer, a
 plan ignores a stale timer that fired anyway. ``Send(n)`` attempts carry ``n`` previous
 attempts in their metadata; after ``Win``/``Fail`` the driver cancels every other
 attempt in flight.
+
+:attr:`HedgePlan.retry_delay` is gRFC A96's ``grpc.client.call.retry_delay``: "total
+time of delay while there is no active attempt". A hedging delay that runs while an
+attempt is in flight is not such a delay; the wait after every attempt in flight failed
+(non-fatally) until the next one is sent is, measured on ``clock``.
 """
 
 from __future__ import annotations
@@ -62,7 +67,8 @@ Action = Send | Arm | Win | Fail
 
 class HedgePlan:
     __slots__ = ("policy", "throttle", "deadline", "clock", "started", "in_flight",
-                 "done", "no_more", "last_error", "tried", "armed", "_holds")
+                 "done", "no_more", "last_error", "tried", "armed", "_holds", "retry_delay",
+                 "_idle_since")
 
     def __init__(self, policy: HedgingPolicy, *, throttle: RetryGate | None = None,
                  deadline: float | None = None,
@@ -79,6 +85,8 @@ class HedgePlan:
         self.tried: list[str] = []    # endpoints of the attempts, in order
         self.armed = 0                # seq of the newest Arm
         self._holds: dict[int, RetryHold] = {}   # hedges the gate granted, while live
+        self.retry_delay = 0.0        # seconds with no attempt in flight (A96), so far
+        self._idle_since: float | None = None    # every attempt sent so far has ended
         if throttle is not None:
             throttle.record_call()
 
@@ -90,6 +98,10 @@ class HedgePlan:
         return not self.no_more and self.started < self.policy.max_attempts
 
     def _send(self) -> list[Action]:
+        idle = self._idle_since
+        if idle is not None:          # the wait with no attempt in flight is over
+            self._idle_since = None
+            self.retry_delay += max(self.clock() - idle, 0.0)
         n = self.started
         self.started += 1
         self.in_flight.add(n)
@@ -152,6 +164,8 @@ class HedgePlan:
             self.no_more = True
         if not self._more():
             return [] if self.in_flight else self._finish(Fail(n))
+        if not self.in_flight:
+            self._idle_since = self.clock()   # until the next hedge is sent
         return [self._arm(delay if delay is not None else 0.0)]
 
     def cancel(self) -> None:

@@ -27,6 +27,11 @@ A plan is made once per call: making it books the call with the gate
 (``record_call``: Finagle's deposit). A granted retry is held until the next outcome of
 the call's attempts, its commitment or :meth:`RetryPlan.ended` (Envoy's budget counts
 retries in flight); drivers call ``ended()`` when the call is over.
+
+:attr:`RetryPlan.retry_delay` is gRFC A96's ``grpc.client.call.retry_delay``: the time
+(on ``clock``) the call spent with no attempt in flight, from each failure that
+:meth:`failed` answers with a backoff to the start of the next attempt - the backoff as
+it really elapsed (timer lateness included), as gRPC's own call tracers measure it.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from .throttle import RetryGate, RetryHold
 
 class RetryPlan:
     __slots__ = ("policy", "deadline", "throttle", "rng", "clock", "attempts", "tried",
-                 "_committed", "cut", "_backoff_from", "_hold")
+                 "_committed", "cut", "_backoff_from", "_hold", "retry_delay", "_idle_since")
 
     def __init__(self, policy: RetryPolicy, deadline: float | None, *,
                  throttle: RetryGate | None = None, rng: random.Random | None = None,
@@ -59,6 +64,8 @@ class RetryPlan:
         self.cut = False                    # the current attempt has perAttemptRecvTimeout
         self._backoff_from = 0              # the attempt after which backoff restarts
         self._hold: RetryHold | None = None  # the retry the gate granted, until it ends
+        self.retry_delay = 0.0              # seconds between attempts (A96), so far
+        self._idle_since: float | None = None   # a backoff began: no attempt in flight
         if throttle is not None:
             throttle.record_call()
 
@@ -86,6 +93,10 @@ class RetryPlan:
     # ------------------------------------------------------------------ attempts
     def start_attempt(self, metadata: Any) -> Any:
         """Count a new attempt; return its request metadata."""
+        idle = self._idle_since
+        if idle is not None:                # the backoff before this attempt is over
+            self._idle_since = None
+            self.retry_delay += max(self.clock() - idle, 0.0)
         md = attempt_metadata(metadata, self.attempts)
         self.attempts += 1
         self.cut = False
@@ -150,6 +161,7 @@ class RetryPlan:
             self._hold = self.throttle.begin_retry()
             if self._hold is None:
                 return None
+        self._idle_since = self.clock()     # until the next start_attempt (retry_delay)
         return delay
 
     def final_outcome(self, code: str, trailing: Iterable[Any] | None = ()) -> None:

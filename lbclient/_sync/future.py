@@ -41,6 +41,8 @@ log = logging.getLogger("lbclient.retry")
 class CallFuture(grpc.RpcError, grpc.Call, FutureBase):
     """The outcome half: set once by ``_finish``; everything else waits for it."""
 
+    _transparent = 0    # picks again because the endpoint was removed (set when one is)
+
     def __init__(self, deadline: float | None) -> None:
         super().__init__()
         self._lock = threading.Lock()
@@ -76,6 +78,9 @@ class CallFuture(grpc.RpcError, grpc.Call, FutureBase):
     def _previous_attempts(self) -> int:
         return 0
 
+    def _retry_delay(self) -> float:
+        return 0.0
+
     def blocking_result(self) -> tuple[Any, Any]:
         """Wait for the outcome as a blocking call does: ``(response, grpc.Call)`` or raise
         the final attempt's error (both reporting earlier attempts). An interrupt while
@@ -85,7 +90,7 @@ class CallFuture(grpc.RpcError, grpc.Call, FutureBase):
         except BaseException:
             self.cancel()
             raise
-        final = with_attempts(self._final, self._previous)
+        final = with_attempts(self._final, self._previous, self._retry_delay())
         if self._failed:
             if final is self._final:
                 raise final
@@ -168,6 +173,17 @@ class CallFuture(grpc.RpcError, grpc.Call, FutureBase):
         """Attempts made before the final one (0 before the call finished)."""
         return self._previous
 
+    @property
+    def retry_delay(self) -> float:
+        """Seconds spent between attempts with none in flight (gRFC A96), so far."""
+        return self._retry_delay()
+
+    @property
+    def transparent_retries(self) -> int:
+        """Times an attempt was picked again because its endpoint was removed before it
+        could start (gRFC A96's transparent retries)."""
+        return self._transparent
+
     # ------------------------------------------------------------------ grpc.RpcContext
     def is_active(self) -> bool:
         return not self._finished.is_set()
@@ -196,11 +212,14 @@ class CallFuture(grpc.RpcError, grpc.Call, FutureBase):
 
 class RetryingFuture(CallFuture):
     """A unary-response call (unary-unary or client-streaming) as a future: one attempt,
-    or several under ``plan``; ``replay`` holds a retried request stream."""
+    or several under ``plan``; ``replay`` holds a retried request stream; ``repicked``:
+    transparent retries made before it (the caller's pick went to a removed endpoint)."""
 
     def __init__(self, host: Placement, inv: Invocation, plan: RetryPlan | None = None,
-                 replay: SyncReplay | None = None) -> None:
+                 replay: SyncReplay | None = None, repicked: int = 0) -> None:
         super().__init__(inv.deadline)
+        if repicked:
+            self._transparent = repicked
         self._host = host
         self._inv = inv
         self._plan = plan
@@ -222,6 +241,9 @@ class RetryingFuture(CallFuture):
 
     def _previous_attempts(self) -> int:
         return self._plan.previous if self._plan is not None else 0
+
+    def _retry_delay(self) -> float:
+        return self._plan.retry_delay if self._plan is not None else 0.0
 
     def _launch(self) -> None:
         if self.done():
@@ -279,6 +301,7 @@ class RetryingFuture(CallFuture):
         rpc.add_done_callback(self._ended)
 
     def _relaunch_same(self) -> None:
+        self._transparent += 1        # a transparent retry
         plan = self._plan
         if plan is not None:
             plan.attempts -= 1        # the attempt never started: not an attempt
@@ -330,23 +353,26 @@ class RetryingFuture(CallFuture):
             rpc.cancel()
 
 
-def with_attempts(call: Any, previous: int) -> Any:
-    """``call`` reporting ``previous`` earlier attempts (unchanged when there were none)."""
+def with_attempts(call: Any, previous: int, delay: float = 0.0) -> Any:
+    """``call`` reporting ``previous`` earlier attempts and ``delay`` seconds spent
+    between them (unchanged when there were none)."""
     if previous <= 0 or call is None:
         return call
     if isinstance(call, grpc.RpcError):
-        return RetriedRpcError(call, previous)
-    return RetriedCall(call, previous)
+        return RetriedRpcError(call, previous, delay)
+    return RetriedCall(call, previous, delay)
 
 
 class RetriedCall(grpc.Call, FutureBase):
     """The last attempt's ``grpc.Call``/``grpc.Future``, seen as the whole call's:
     everything is delegated except ``trailing_metadata()``, which also holds
-    ``("grpc-previous-rpc-attempts", "N")``; ``previous_rpc_attempts`` is N."""
+    ``("grpc-previous-rpc-attempts", "N")``; ``previous_rpc_attempts`` is N and
+    ``retry_delay`` the seconds spent between the attempts with none in flight."""
 
-    def __init__(self, call: Any, previous: int) -> None:
+    def __init__(self, call: Any, previous: int, delay: float = 0.0) -> None:
         self._call = call
         self.previous_rpc_attempts = previous
+        self.retry_delay = delay
 
     def initial_metadata(self) -> Any:
         return self._call.initial_metadata()
@@ -406,9 +432,9 @@ class RetriedRpcError(grpc.RpcError, RetriedCall):  # type: ignore[misc]
     """The last attempt's error raised for the whole call (an ``RpcError`` that is also a
     ``grpc.Call`` and a completed ``grpc.Future``, as grpc's own errors are)."""
 
-    def __init__(self, call: Any, previous: int) -> None:
+    def __init__(self, call: Any, previous: int, delay: float = 0.0) -> None:
         grpc.RpcError.__init__(self, str(call))
-        RetriedCall.__init__(self, call, previous)
+        RetriedCall.__init__(self, call, previous, delay)
 
     def result(self, timeout: float | None = None) -> Any:
         raise self

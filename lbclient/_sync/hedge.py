@@ -2,12 +2,13 @@
 :class:`~lbclient._core.hedging.HedgePlan`'s actions.
 
 ``Send(n)`` places attempt ``n`` (to an endpoint this call has not tried yet, when one
-is eligible; queued when none can take it yet) as a grpc future; ``Arm(d)`` (re)starts
-the channel timer that tells the plan the hedging delay passed; ``Win``/``Fail`` finish
-the call with that attempt's outcome and cancel every other attempt. The plan is not
-thread-safe: its events are fed under ``_plan_lock``; actions run outside it (attempts
-end on grpc's threads, timers fire on the scheduler), and an attempt that starts after
-the call finished is cancelled at once.
+is eligible; queued when none can take it yet) as a grpc future, picked again (at most
+``REPICKS`` times: transparent retries) when the endpoint was removed before it started;
+``Arm(d)`` (re)starts the channel timer that tells the plan the hedging delay passed;
+``Win``/``Fail`` finish the call with that attempt's outcome and cancel every other
+attempt. The plan is not thread-safe: its events are fed under ``_plan_lock``; actions
+run outside it (attempts end on grpc's threads, timers fire on the scheduler), and an
+attempt that starts after the call finished is cancelled at once.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from .._core.attempt import REPICKS
 from .._core.deadline import remaining
 from .._core.hedging import Action, Arm, HedgePlan, Send, Win
 from .._core.kinds import Invocation
@@ -31,8 +33,10 @@ from .picking import Placement
 
 
 class HedgingFuture(CallFuture):
-    def __init__(self, host: Placement, inv: Invocation, policy: HedgingPolicy) -> None:
+    def __init__(self, host: Placement, inv: Invocation, policy: HedgingPolicy,
+                 repicks: list[str] | None = None) -> None:
         super().__init__(inv.deadline)
+        self._repicks = repicks      # also told of each transparent retry (its address)
         self._host = host
         self._inv = inv
         self._plan = HedgePlan(policy, throttle=host.ctx.throttle, deadline=inv.deadline)
@@ -49,6 +53,9 @@ class HedgingFuture(CallFuture):
 
     def _previous_attempts(self) -> int:
         return self._plan.previous
+
+    def _retry_delay(self) -> float:
+        return self._plan.retry_delay
 
     # ------------------------------------------------------------------ plan events
     def _step(self, event: Callable[..., list[Action]], *args: Any) -> None:
@@ -71,17 +78,19 @@ class HedgingFuture(CallFuture):
         self._step(self._plan.ended, n, code_of(outcome), metadata_of(outcome)[0])
 
     # ------------------------------------------------------------------ actions
-    def _send(self, n: int) -> None:
+    def _send(self, n: int, repick: int = 0) -> None:
         if self.done():
             return
         inv = self._inv
         metadata = attempt_metadata(inv.metadata, n)
-        info = pick_info(inv.site, metadata, frozenset(self._plan.tried))
+        with self._plan_lock:
+            tried = frozenset(self._plan.tried)
+        info = pick_info(inv.site, metadata, tried)
 
         def placed(result: PickResult) -> None:
             with self._lock:
                 self._pending.pop(n, None)
-            self._start(n, result, metadata)
+            self._start(n, result, metadata, repick)
 
         def failed(error: LocalRpcError) -> None:
             with self._lock:
@@ -97,9 +106,9 @@ class HedgingFuture(CallFuture):
                 if n not in self._outcomes:
                     self._pending[n] = cancel
             return
-        self._start(n, result, metadata)
+        self._start(n, result, metadata, repick)
 
-    def _start(self, n: int, result: PickResult, metadata: Any) -> None:
+    def _start(self, n: int, result: PickResult, metadata: Any, repick: int = 0) -> None:
         inv = self._inv
         with self._plan_lock:
             self._plan.tried.append(result.candidate.address)
@@ -111,7 +120,14 @@ class HedgingFuture(CallFuture):
             self._ended(n, LocalRpcError(grpc.StatusCode.UNKNOWN,
                                          f"hedged attempt could not start: {exc}"))
             return
-        if started is None:       # the endpoint was removed meanwhile
+        if started is None:       # the endpoint was removed meanwhile: pick again
+            if repick < REPICKS - 1:
+                with self._lock:
+                    self._transparent += 1
+                    if self._repicks is not None:
+                        self._repicks.append(result.candidate.address)
+                self._send(n, repick + 1)
+                return
             self._ended(n, LocalRpcError(grpc.StatusCode.UNAVAILABLE,
                                          "endpoint removed before the attempt started"))
             return

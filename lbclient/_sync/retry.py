@@ -15,7 +15,10 @@ request larger than the replay buffer is sent once, unretried, as gRPC does.
 * :func:`stream` - :class:`~lbclient._sync.stream.ResponseStream` with the plan.
 
 Calls that took more than one attempt report ``grpc-previous-rpc-attempts`` in their
-trailing metadata.
+trailing metadata (and ``previous_rpc_attempts`` and ``retry_delay``, gRFC A96's time
+between attempts, as attributes). The blocking drivers take ``repicks``, a list given by
+a caller that counts transparent retries (the call observer's): every endpoint picked
+but removed before the attempt could start is appended to it.
 """
 
 from __future__ import annotations
@@ -60,25 +63,26 @@ def hedges(inv: Invocation, config: MethodConfig) -> bool:
             and message_size(inv.request, inv.site.ser) <= DEFAULT_LIMIT)
 
 
-def blocking(host: Placement, inv: Invocation, config: MethodConfig,
-             with_call: bool) -> tuple[Any, Any]:
+def blocking(host: Placement, inv: Invocation, config: MethodConfig, with_call: bool,
+             repicks: list[str] | None = None) -> tuple[Any, Any]:
     """A unary-response blocking call with this method config: ``(response, call)``."""
     site = inv.site
     if hedges(inv, config):
         assert config.hedging_policy is not None
-        return HedgingFuture(host, inv, config.hedging_policy).start().blocking_result()
+        return HedgingFuture(host, inv, config.hedging_policy,
+                             repicks).start().blocking_result()
     plan, replay = plan_for(host, inv, config)
     if plan is None:
         return attempt.blocking(host, site, inv.request, inv.metadata, inv.credentials,
                                 inv.wait_for_ready, inv.compression, with_call,
-                                deadline=inv.deadline)
-    return _retry(host, inv, plan, replay, None, with_call)
+                                deadline=inv.deadline, repicks=repicks)
+    return _retry(host, inv, plan, replay, None, with_call, repicks)
 
 
 def blocking_unary(host: Placement, site: CallSite, config: MethodConfig, request: Any,
                    timeout: float | None, metadata: Any, credentials: Any,
-                   wait_for_ready: bool | None, compression: Any,
-                   with_call: bool) -> tuple[Any, Any]:
+                   wait_for_ready: bool | None, compression: Any, with_call: bool,
+                   repicks: list[str] | None = None) -> tuple[Any, Any]:
     """A unary-unary blocking call with a ``retryPolicy``: the first attempt is the plain
     hot path, and only when it fails is the call's retry plan made (a call that succeeds
     at once pays for nothing but its deadline)."""
@@ -93,7 +97,8 @@ def blocking_unary(host: Placement, site: CallSite, config: MethodConfig, reques
     try:
         response, call = attempt.blocking(host, site, request, metadata, credentials,
                                           wait_for_ready, compression, with_call,
-                                          deadline=deadline, cap=cap, placed=tried.append)
+                                          deadline=deadline, cap=cap, placed=tried.append,
+                                          repicks=repicks)
     except grpc.RpcError as exc:
         inv = Invocation(site, request, deadline, metadata, bool(wait_for_ready),
                          credentials, compression)
@@ -104,7 +109,7 @@ def blocking_unary(host: Placement, site: CallSite, config: MethodConfig, reques
         plan.start_attempt(metadata)       # the attempt that just failed
         plan.tried = tried
         plan.cut = cap is not None and (deadline is None or cap < deadline - now)
-        return _retry(host, inv, plan, None, exc, with_call)
+        return _retry(host, inv, plan, None, exc, with_call, repicks)
     throttle = host.ctx.throttle
     if throttle is not None:
         throttle.record_call()             # the call (retry budgets count calls; the
@@ -113,7 +118,8 @@ def blocking_unary(host: Placement, site: CallSite, config: MethodConfig, reques
 
 
 def _retry(host: Placement, inv: Invocation, plan: RetryPlan, replay: SyncReplay | None,
-           failed: grpc.RpcError | None, with_call: bool) -> tuple[Any, Any]:
+           failed: grpc.RpcError | None, with_call: bool,
+           repicks: list[str] | None = None) -> tuple[Any, Any]:
     """The retry loop of a blocking call, on the caller's thread: after ``failed`` (the
     attempt that just failed, or None before the first one), the plan decides, the
     backoff sleeps here, and the next attempt starts."""
@@ -126,7 +132,7 @@ def _retry(host: Placement, inv: Invocation, plan: RetryPlan, replay: SyncReplay
                                     closed=ctx.closed,
                                     replayable=replay is None or not replay.committed)
                 if delay is None:
-                    wrapped = with_attempts(failed, plan.previous)
+                    wrapped = with_attempts(failed, plan.previous, plan.retry_delay)
                     if wrapped is failed:
                         raise failed
                     raise wrapped from None
@@ -136,7 +142,7 @@ def _retry(host: Placement, inv: Invocation, plan: RetryPlan, replay: SyncReplay
             if replay is not None:
                 view = replay.view()
                 if view is None and last is not None:   # committed: the last one stands
-                    raise with_attempts(last, plan.previous)
+                    raise with_attempts(last, plan.previous, plan.retry_delay)
                 request = view
             metadata = plan.start_attempt(inv.metadata)
             try:
@@ -144,12 +150,12 @@ def _retry(host: Placement, inv: Invocation, plan: RetryPlan, replay: SyncReplay
                     host, site, request, metadata, inv.credentials, inv.wait_for_ready,
                     inv.compression, with_call, deadline=inv.deadline,
                     cap=plan.attempt_timeout(remaining(inv.deadline)),
-                    exclude=plan.exclude(), placed=plan.placed)
+                    exclude=plan.exclude(), placed=plan.placed, repicks=repicks)
             except grpc.RpcError as exc:
                 failed = exc
                 continue
             plan.succeeded()
-            return response, with_attempts(call, plan.previous)
+            return response, with_attempts(call, plan.previous, plan.retry_delay)
     finally:
         plan.ended()                       # give back a retry still held (retry budgets)
         if replay is not None:

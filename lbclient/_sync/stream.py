@@ -47,11 +47,16 @@ log = logging.getLogger("lbclient.retry")
 
 class ResponseStream(grpc.RpcError, grpc.Call, FutureBase):
     """A response iterator that is also a ``grpc.Call`` and ``grpc.Future`` (as grpc's own
-    ``_MultiThreadedRendezvous``); a failed read raises the stream itself."""
+    ``_MultiThreadedRendezvous``); a failed read raises the stream itself. ``repicked``:
+    transparent retries made before it (the caller's pick went to a removed endpoint)."""
+
+    _transparent = 0    # picks again because the endpoint was removed (set when one is)
 
     def __init__(self, host: Placement, inv: Invocation, plan: RetryPlan | None = None,
-                 replay: SyncReplay | None = None) -> None:
+                 replay: SyncReplay | None = None, repicked: int = 0) -> None:
         super().__init__()
+        if repicked:
+            self._transparent = repicked
         self._host = host
         self._inv = inv
         self._plan = plan
@@ -112,6 +117,7 @@ class ResponseStream(grpc.RpcError, grpc.Call, FutureBase):
                                         f"attempt could not start: {exc}"))
             return
         if started is None:        # the endpoint was removed meanwhile: pick again
+            self._transparent += 1     # (a transparent retry)
             if plan is not None:
                 plan.attempts -= 1
             self._launch()
@@ -235,7 +241,12 @@ class ResponseStream(grpc.RpcError, grpc.Call, FutureBase):
                 replay.release()
 
     def _settle(self) -> None:
-        """Read on until the call is committed or finished (keeping a first message)."""
+        """Read on until the call is committed or finished (keeping a first message).
+        Once the final attempt is known (it never changes again) nothing is read and no
+        lock is taken: ``add_callback`` callbacks run on grpc's channel thread, which a
+        reader blocked under the lock waits for, and they may ask ``code()``."""
+        if self._final and self._rpc is not None:
+            return
         with self._lock:
             if (self._final and self._rpc is not None) or self._peeked:
                 return
@@ -277,6 +288,17 @@ class ResponseStream(grpc.RpcError, grpc.Call, FutureBase):
     @property
     def previous_rpc_attempts(self) -> int:
         return self._plan.previous if self._plan is not None else 0
+
+    @property
+    def retry_delay(self) -> float:
+        """Seconds spent between attempts with none in flight (gRFC A96), so far."""
+        return self._plan.retry_delay if self._plan is not None else 0.0
+
+    @property
+    def transparent_retries(self) -> int:
+        """Times an attempt was picked again because its endpoint was removed before it
+        could start (gRFC A96's transparent retries)."""
+        return self._transparent
 
     # ------------------------------------------------------------------ grpc.RpcContext
     def is_active(self) -> bool:
