@@ -18,6 +18,9 @@ from ..health.tracker import HealthTracker
 from ..health.window import RecentWindow
 from .picker import EndpointStats
 
+_NOT_READY = {Connectivity.IDLE: "idle", Connectivity.CONNECTING: "connecting",
+              Connectivity.TRANSIENT_FAILURE: "failed", Connectivity.SHUTDOWN: "shut down"}
+
 
 class Classification(NamedTuple):
     """One endpoint's state as the balancer counts it (:meth:`EndpointRecord.classify`)."""
@@ -146,9 +149,7 @@ class EndpointRecord:
 
     def unfit_reason(self) -> str:
         if self.connectivity is not Connectivity.READY:
-            return {Connectivity.IDLE: "idle", Connectivity.CONNECTING: "connecting",
-                    Connectivity.TRANSIENT_FAILURE: "failed",
-                    Connectivity.SHUTDOWN: "shut down"}.get(self.connectivity, "not ready")
+            return _NOT_READY.get(self.connectivity, "not ready")
         if self.tracker is not None and self.tracker.healthy is None:
             return "waiting for health"
         if self.ejected:
