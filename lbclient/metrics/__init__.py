@@ -28,6 +28,7 @@ from ._core import (
     EndpointMetrics,
     Histogram,
     MetricsSink,
+    retry_counts,
 )
 
 
@@ -44,8 +45,12 @@ def instrument(channel: Any, *, max_endpoints: int = MAX_ENDPOINTS) -> ChannelMe
         ch = ref()
         return int(getattr(ch, "circuit_breaker_rejections", 0)) if ch is not None else 0
 
+    def retries() -> tuple[int, int]:
+        ch = ref()
+        return retry_counts(ch) if ch is not None else (0, 0)
+
     collector = ChannelMetrics(channel.target, endpoints, max_endpoints=max_endpoints,
-                               rejections=rejections)
+                               rejections=rejections, retries=retries)
     collector.attachment = attach(channel, collector)
     return collector
 

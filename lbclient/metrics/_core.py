@@ -65,6 +65,12 @@ class MetricsSink(Protocol):
         """The resolver failed (the channel keeps its last endpoints)."""
 
 
+def retry_counts(channel: Any) -> tuple[int, int]:
+    """``channel``'s retry gate counts: (retries_granted, retries_refused)."""
+    return (int(getattr(channel, "retries_granted", 0)),
+            int(getattr(channel, "retries_refused", 0)))
+
+
 def normalize_code(code: str) -> str:
     """A status code name within the bounded label set."""
     return code if code in _CODES else "UNKNOWN"
@@ -117,6 +123,8 @@ class ChannelSnapshot:
     resolver_errors: int
     calls: Mapping[str, int] = field(default_factory=dict)   # channel totals by code
     breaker_rejections: int = 0        # circuit breaker: calls refused by maxRequests
+    retries_granted: int = 0           # retry gate (retryBudget / retryThrottling): let
+    retries_refused: int = 0           # through / refused retries and hedges
 
 
 class _Record:
@@ -155,13 +163,15 @@ class ChannelMetrics:
 
     def __init__(self, target: str, endpoints: EndpointSource | None = None, *,
                  max_endpoints: int = MAX_ENDPOINTS,
-                 rejections: Callable[[], int] | None = None) -> None:
+                 rejections: Callable[[], int] | None = None,
+                 retries: Callable[[], tuple[int, int]] | None = None) -> None:
         if max_endpoints < 1:
             raise ValueError(f"max_endpoints must be >= 1, got {max_endpoints}")
         self.target = target
         self.max_endpoints = max_endpoints
         self._endpoints = endpoints
         self._rejections = rejections     # the channel's circuit breaker rejections
+        self._retries = retries           # its retry gate's (granted, refused)
         self._lock = threading.Lock()
         self._records: dict[str, _Record] = {}
         self._present: set[str] = set()
@@ -244,8 +254,9 @@ class ChannelMetrics:
                 for k, v in row.calls.items():
                     totals[k] = totals.get(k, 0) + v
             rejected = self._rejections() if self._rejections is not None else 0
+            granted, refused = self._retries() if self._retries is not None else (0, 0)
             return ChannelSnapshot(self.target, tuple(rows), self._resolver_updates,
-                                   self._resolver_errors, totals, rejected)
+                                   self._resolver_errors, totals, rejected, granted, refused)
 
     @staticmethod
     def _export(address: str, rec: _Record, info: Any) -> EndpointMetrics:

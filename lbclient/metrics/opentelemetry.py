@@ -19,6 +19,12 @@ bounded per channel to ``max_endpoints`` values plus ``"other"``):
     lbclient.picks              ObservableCounter  {call}
     lbclient.in_flight          ObservableUpDownCounter {call}
     lbclient.endpoint.eligible  ObservableGauge    1 if the endpoint may be picked
+    lbclient.circuit_breaker.overflows   ObservableCounter {pick}
+    lbclient.circuit_breaker.rejections  ObservableCounter {call}  (lbclient.target only)
+    lbclient.retries.granted    ObservableCounter  {retry}  retry gate (retryBudget, else
+    lbclient.retries.refused    ObservableCounter  {retry}  retryThrottling): retries and
+                                                            hedges let through / refused
+                                                            (lbclient.target only)
 
 Plus gRPC's own instruments (``grpc.client.attempt.*``, ``grpc.client.call.*``,
 ``grpc.subchannel.*``, ``grpc.lb.outlier_detection.*``, ``grpc.lb.wrr.*``), with the
@@ -33,14 +39,14 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from opentelemetry import metrics as otel
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from . import LATENCY_BUCKETS, MAX_ENDPOINTS, OTHER, Attachment, _grpc_otel, attach
-from ._core import normalize_code
+from ._core import normalize_code, retry_counts
 
 _VERSION = "0.1.0"
 
@@ -127,9 +133,19 @@ class _Instruments:
             unit="{pick}",
             description="Picks that skipped the endpoint: maxConcurrentRequests in flight.")
         meter.create_observable_counter(
-            "lbclient.circuit_breaker.rejections", [self._observe_rejections],
+            "lbclient.circuit_breaker.rejections", [self._per_channel(
+                lambda ch: int(getattr(ch, "circuit_breaker_rejections", 0)))],
             unit="{call}",
             description="Calls refused at once by the channel's maxRequests circuit breaker.")
+        meter.create_observable_counter(
+            "lbclient.retries.granted", [self._per_channel(lambda ch: retry_counts(ch)[0])],
+            unit="{retry}",
+            description="Retries and hedges the channel's retry gate (retryBudget, else "
+                        "retryThrottling) let through.")
+        meter.create_observable_counter(
+            "lbclient.retries.refused", [self._per_channel(lambda ch: retry_counts(ch)[1])],
+            unit="{retry}",
+            description="Retries and hedges the channel's retry gate refused.")
 
     def add(self, channel: Any, sink: OtelSink) -> None:
         with self._lock:
@@ -139,16 +155,19 @@ class _Instruments:
         with self._lock:
             self._channels = [(r, s) for r, s in self._channels if r() is not channel]
 
-    def _observe_rejections(self, options: CallbackOptions) -> Iterable[Observation]:
-        with self._lock:
-            entries = list(self._channels)
-        sums: dict[str, int] = {}
-        for ref, sink in entries:
-            ch = ref()
-            if ch is not None and ch.get_state().name != "SHUTDOWN":
-                sums[sink.target] = sums.get(sink.target, 0) + int(
-                    getattr(ch, "circuit_breaker_rejections", 0))
-        return [Observation(n, {"lbclient.target": t}) for t, n in sums.items()]
+    def _per_channel(self, read: Callable[[Any], int]) -> Any:
+        """An observable callback: ``read(channel)`` summed per target over the live
+        channels."""
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            with self._lock:
+                entries = list(self._channels)
+            sums: dict[str, int] = {}
+            for ref, sink in entries:
+                ch = ref()
+                if ch is not None and ch.get_state().name != "SHUTDOWN":
+                    sums[sink.target] = sums.get(sink.target, 0) + read(ch)
+            return [Observation(n, {"lbclient.target": t}) for t, n in sums.items()]
+        return callback
 
     def _observe(self, field: str) -> Any:
         def callback(options: CallbackOptions) -> Iterable[Observation]:

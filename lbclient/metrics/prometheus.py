@@ -25,6 +25,9 @@ summed; a closed or collected channel's series disappear at the next scrape):
     lbclient_resolver_errors_total{target}                   counter
     lbclient_circuit_breaker_rejections_total{target}        counter (maxRequests refusals)
     lbclient_circuit_breaker_overflows_total{target,address} counter (full: skipped)
+    lbclient_retries_granted_total{target}                   counter (retry gate: retries
+    lbclient_retries_refused_total{target}                   counter  and hedges let
+                                                             through / refused)
 
 Threading: ``collect()`` runs on the scraping thread and only reads snapshots.
 """
@@ -105,6 +108,8 @@ class LbclientCollector(Collector):
             add("resolver_updates", (t,), snap.resolver_updates)
             add("resolver_errors", (t,), snap.resolver_errors)
             add("breaker_rejections", (t,), snap.breaker_rejections)
+            add("retries_granted", (t,), snap.retries_granted)
+            add("retries_refused", (t,), snap.retries_refused)
             for ep in snap.endpoints:
                 key = (t, ep.address)
                 add("picks", key, ep.picks)
@@ -167,6 +172,13 @@ def _families() -> dict[str, Any]:
             "lbclient_circuit_breaker_rejections",
             "Calls refused at once by the channel's maxRequests circuit breaker.",
             labels=["target"]),
+        "retries_granted": CounterMetricFamily(
+            "lbclient_retries_granted",
+            "Retries and hedges the channel's retry gate (retryBudget, else "
+            "retryThrottling) let through.", labels=["target"]),
+        "retries_refused": CounterMetricFamily(
+            "lbclient_retries_refused",
+            "Retries and hedges the channel's retry gate refused.", labels=["target"]),
         "overflows": CounterMetricFamily(
             "lbclient_circuit_breaker_overflows",
             "Picks that skipped the endpoint: maxConcurrentRequests in flight.", labels=_EP),
