@@ -191,7 +191,10 @@ def test_legacy_policy_name_and_empty_config(tmp_path: pathlib.Path,
         {"round_robin": {}}
     settings = _settings(tmp_path, "", capsys)           # empty file: all defaults
     assert settings == {"policy": {"round_robin": {}}, "healthCheckConfig": None,
-                        "methodConfig": [], "retryThrottling": None}
+                        "methodConfig": [], "retryThrottling": None,
+                        "lbclient": {"panic_threshold": 50.0, "slow_start": None,
+                                     "max_requests": None, "max_concurrent_requests": None,
+                                     "retry_budget": None}}
 
 
 def test_retry_throttling_and_hedging(tmp_path: pathlib.Path,
@@ -206,6 +209,73 @@ def test_retry_throttling_and_hedging(tmp_path: pathlib.Path,
     assert mc["names"] == [{"service": "a.B", "method": "C"}]
     assert mc["hedging_policy"]["hedging_delay"] == 0.5
     assert mc["hedging_policy"]["non_fatal_status_codes"] == []
+
+
+# ------------------------------------------------------------ the "lbclient" block
+def _lines(tmp_path: pathlib.Path, config: Any, capsys: pytest.CaptureFixture[str]
+           ) -> tuple[list[str], dict[str, Any]]:
+    """check-config's text lines before the JSON, and the JSON's "lbclient" settings."""
+    assert main(["check-config", write(tmp_path, config)]) == 0
+    out = capsys.readouterr().out
+    head, _, _ = out.partition("effective settings")
+    return head.splitlines(), json.loads(out[out.index("{"):])["lbclient"]
+
+
+def test_lbclient_block_defaults_are_printed(tmp_path: pathlib.Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    lines, settings = _lines(tmp_path, {"loadBalancingConfig": [{"round_robin": {}}]},
+                             capsys)
+    assert lines[-4:] == ["panic threshold: 50%", "slow start: off",
+                          "circuit breakers: off", "retry budget: none"]
+    assert settings == {"panic_threshold": 50.0, "slow_start": None, "max_requests": None,
+                        "max_concurrent_requests": None, "retry_budget": None}
+
+
+def test_lbclient_block_settings_are_printed(tmp_path: pathlib.Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    lines, settings = _lines(tmp_path, {
+        "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+        "lbclient": {"panicThreshold": 30,
+                     "slowStartConfig": {"slowStartWindow": "30s", "aggression": 2},
+                     "maxRequests": 100, "maxConcurrentRequests": 8,
+                     "retryBudget": {"ttl": "5s", "percentCanRetry": 0.1}}}, capsys)
+    assert lines[-4:] == [
+        "panic threshold: 30%",
+        "slow start: 30s window, aggression 2, min weight 10%",      # default filled in
+        "circuit breakers: maxRequests 100 (channel), maxConcurrentRequests 8 "
+        "(per endpoint)",
+        "retry budget: Finagle's rate budget: over 5s, 10 retries/s + 10% of calls; "
+        "retryThrottling is ignored"]
+    assert settings == {
+        "panic_threshold": 30.0,
+        "slow_start": {"window": 30.0, "aggression": 2.0, "min_weight_percent": 10.0},
+        "max_requests": 100, "max_concurrent_requests": 8,
+        "retry_budget": {"rate": {"ttl": 5.0, "min_retries_per_sec": 10,
+                                  "percent_can_retry": 0.1}}}
+
+
+def test_lbclient_block_concurrency_budget_and_throttling(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lines, settings = _lines(tmp_path, {"lbclient": {"panicThreshold": 0,
+                                                     "retryBudget": {"budgetPercent": 25}}},
+                             capsys)
+    assert lines[-4] == "panic threshold: off"
+    assert lines[-1] == ("retry budget: Envoy's concurrency budget: 25% of the requests "
+                         "in flight, at least 3 retries")
+    assert settings["retry_budget"] == {"concurrency": {"budget_percent": 25.0,
+                                                        "min_retry_concurrency": 3}}
+    lines, _ = _lines(tmp_path, {"retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1}},
+                      capsys)
+    assert lines[-1] == ("retry budget: none; retryThrottling applies (maxTokens 10, "
+                         "tokenRatio 0.1)")
+
+
+def test_lbclient_block_errors_name_the_path(tmp_path: pathlib.Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, {"lbclient": {"retryBudget": {"ttl": "0.5s"}}})
+    assert main(["check-config", path]) == 1
+    assert capsys.readouterr().err.strip() == \
+        "error at lbclient.retryBudget.ttl: must be between 1s and 60s, got '0.5s'"
 
 
 # ------------------------------------------------- not a config, unknown top-level fields

@@ -2,7 +2,9 @@
 
 Output on success (stdout, exit 0): the chosen policy (and the child chain of wrapper
 policies), any ``loadBalancingConfig`` entries skipped because lbclient does not know them
-(gRPC's rule), then the effective settings with every default filled in, as JSON.
+(gRPC's rule), the ``"lbclient"`` block's settings (panic threshold, slow start, circuit
+breakers, retry budget) in words, then the effective settings with every default filled
+in, as JSON.
 On error (stderr, exit 1): ``error at <JSON path>: <rule>``, one line per problem found.
 
 Stricter than a channel in one way: a channel ignores unknown top-level fields (gRPC's
@@ -33,6 +35,7 @@ from ..config import (
     unknown_fields,
 )
 from ..errors import ServiceConfigError
+from ..health.options import BalancingOptions, ConcurrencyBudgetConfig, RetryBudgetConfig
 
 
 def add_parser(sub: Any) -> None:
@@ -105,7 +108,58 @@ def describe(config: ServiceConfig) -> dict[str, Any]:
             {"service": svc, "method": meth} for svc, meth in mc.names]}
             for mc in config.method_configs],
         "retryThrottling": to_plain(config.retry_throttling),
+        "lbclient": describe_options(config.options),
     }
+
+
+def _budget_kind(budget: RetryBudgetConfig) -> str:
+    return "concurrency" if isinstance(budget, ConcurrencyBudgetConfig) else "rate"
+
+
+def describe_options(options: BalancingOptions) -> dict[str, Any]:
+    """The ``"lbclient"`` block as JSON-ready data; the retry budget as ``{kind:
+    settings}`` (``concurrency``: Envoy's, ``rate``: Finagle's), None without one."""
+    out: dict[str, Any] = to_plain(options)
+    budget = options.retry_budget
+    out["retry_budget"] = None if budget is None else {_budget_kind(budget): to_plain(budget)}
+    return out
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+def options_lines(config: ServiceConfig) -> list[str]:
+    """The ``"lbclient"`` block's settings in words (defaults included), one per line."""
+    o = config.options
+    lines = [f"panic threshold: {_num(o.panic_threshold)}%" if o.panic_threshold > 0
+             else "panic threshold: off"]
+    slow = o.slow_start
+    lines.append("slow start: off" if slow is None else
+                 f"slow start: {_num(slow.window)}s window, aggression "
+                 f"{_num(slow.aggression)}, min weight {_num(slow.min_weight_percent)}%")
+    breakers = []
+    if o.max_requests is not None:
+        breakers.append(f"maxRequests {o.max_requests} (channel)")
+    if o.max_concurrent_requests is not None:
+        breakers.append(f"maxConcurrentRequests {o.max_concurrent_requests} (per endpoint)")
+    lines.append(f"circuit breakers: {', '.join(breakers) or 'off'}")
+    budget, throttling = o.retry_budget, config.retry_throttling
+    if isinstance(budget, ConcurrencyBudgetConfig):
+        text = (f"Envoy's concurrency budget: {_num(budget.budget_percent)}% of the "
+                f"requests in flight, at least {budget.min_retry_concurrency} retries")
+    elif budget is not None:
+        text = (f"Finagle's rate budget: over {_num(budget.ttl)}s, "
+                f"{budget.min_retries_per_sec} retries/s + "
+                f"{_num(budget.percent_can_retry * 100)}% of calls")
+    else:
+        text = "none"
+    if throttling is not None:
+        text += ("; retryThrottling is ignored" if budget is not None else
+                 f"; retryThrottling applies (maxTokens {_num(throttling.max_tokens)}, "
+                 f"tokenRatio {_num(throttling.token_ratio)})")
+    lines.append(f"retry budget: {text}")
+    return lines
 
 
 def _read(path: str, stdin: TextIO) -> str:
@@ -194,6 +248,8 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
         print(f"active health checking: on (service {config.health_check.service_name!r}, "
               f"mode {config.health_check.mode})")
     print(f"method configs: {len(config.method_configs)}")
+    for line in options_lines(config):
+        print(line)
     print("effective settings (defaults filled in):")
     print(json.dumps(settings, indent=2, sort_keys=True))
     return 0
