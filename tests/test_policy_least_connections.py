@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from test_policy_support import candidates, info, make_policy, run_threads
 
 from lbclient.balancer.picker import CallOutcome, Candidate, EndpointStats
-from lbclient.policies._load_index import INF, LoadIndex
+from lbclient.policies._load_index import LoadIndex
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -42,18 +42,10 @@ def undo(result: Any) -> None:
 
 
 def tree_is_consistent(index: LoadIndex) -> bool:
-    """Every node holds the least score of its children and the weight tied at it."""
-    mins, ties = index.snapshot()
-    size = len(mins) // 2
-    for j in range(1, size):
-        a, b = mins[2 * j], mins[2 * j + 1]
-        m = min(a, b)
-        t = (ties[2 * j] if a == m else 0.0) + (ties[2 * j + 1] if b == m else 0.0)
-        if m == INF:
-            t = 0.0
-        if mins[j] != m or abs(ties[j] - t) > 1e-9:
-            return False
-    return True
+    """Tree: every node holds the least score of its children and the weight tied at
+    it. Buckets: every slot is where its count says, and the least bucket is known."""
+    with index._lock:
+        return not index.problems()
 
 
 # ------------------------------------------------------------------ table-driven
@@ -156,6 +148,20 @@ def test_many_endpoints_grow_and_shrink() -> None:
             undo(r)
 
 
+def test_equal_weights_use_buckets_and_switch_back_and_forth() -> None:
+    policy, picker, cands = build([1, 1, 1], [2, 0, 1])
+    index: LoadIndex = policy.index
+    assert index.bucketed
+    assert picker.pick(info()).candidate is cands[1]              # 0 < 1 < 2
+    policy.build_picker([cands[0].with_weight(4), *cands[1:]])   # slow start ends: 2/4
+    assert not index.bucketed and tree_is_consistent(index)
+    assert picker.pick(info()).candidate.address == cands[0].address   # 0.5 < 1
+    policy.build_picker(cands)
+    assert index.bucketed and tree_is_consistent(index)
+    assert {a: n for a, (_, n) in index.slot_scores().items()} == {
+        cands[0].address: 3, cands[1].address: 1, cands[2].address: 1}
+
+
 def test_close_stops_watching() -> None:
     policy, picker, cands = build([1, 1], [0, 0])
     assert cands[0].stats._watcher is not None
@@ -253,13 +259,14 @@ def often_switching() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("often_switching")
-def test_picks_from_many_threads_are_linearizable() -> None:
+@pytest.mark.parametrize("weights", [[1, 2, 3, 1, 5], [1, 1, 1, 1, 1]], ids=["tree", "buckets"])
+def test_picks_from_many_threads_are_linearizable(weights: list[int]) -> None:
     """Only picks, no ends: each pick took the least score at its moment, so for every
     pair i, j the last call placed on i was placed while i's score was at most j's:
     (n_i - 1) / w_i <= n_j / w_j. The compare and the count are one step, so this holds
     exactly, with 8 threads."""
-    weights = [1, 2, 3, 1, 5]
-    _, picker, cands = build(weights, [0] * 5)
+    policy, picker, cands = build(weights, [0] * 5)
+    assert policy.index.bucketed == (len(set(weights)) == 1)
     run_threads(8, lambda _: [picker.pick(info()) for _ in range(300)])
     loads = [c.stats.in_flight for c in cands]
     assert sum(loads) == 2400
@@ -269,12 +276,12 @@ def test_picks_from_many_threads_are_linearizable() -> None:
 
 
 @pytest.mark.usefixtures("often_switching")
-def test_threads_hammering_pick_and_done_keep_exact_counts() -> None:
+@pytest.mark.parametrize("weights", [[1, 2, 1, 3, 1, 2], [2] * 6], ids=["tree", "buckets"])
+def test_threads_hammering_pick_and_done_keep_exact_counts(weights: list[int]) -> None:
     """8 threads pick and end calls (ending them in random order, and sometimes ending
     the call on another thread); a monitor checks under the index's lock that the tree is
     consistent and that no endpoint counts fewer calls than it has in flight, nor more
     than its ends still on their way (counter decremented, watcher not run yet)."""
-    weights = [1, 2, 1, 3, 1, 2]
     policy, picker, cands = build(weights, [0] * 6)
     index: LoadIndex = policy.index
     pending = {c.address: [] for c in cands}    # tokens: ends in progress per endpoint
@@ -313,9 +320,8 @@ def test_threads_hammering_pick_and_done_keep_exact_counts() -> None:
     def monitor() -> None:
         while not stop.is_set():
             with index._lock:
-                mins, _ = index._min, index._tie
                 for c, w in zip(cands, weights, strict=True):
-                    counted = round(mins[index._size + index._slot[c.address]] * w)
+                    counted = round(index._held(index._slot[c.address]) * w)
                     actual = c.stats.in_flight
                     if not 0 <= counted - actual <= len(pending[c.address]):
                         violations.append(f"{c.address}: counted {counted}, "

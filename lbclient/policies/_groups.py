@@ -105,9 +105,11 @@ def _lenient_priority(value: Any) -> int | None:
 
 def _lenient_locality(attributes: Mapping[str, Any]) -> Locality:
     value = attributes.get("locality")
-    if isinstance(value, str):
+    if value is None:                 # the common case first (Mapping checks are slow)
+        region, zone = attributes.get("region", ""), attributes.get("zone", "")
+    elif isinstance(value, str):
         return locality_from_string(value)
-    if isinstance(value, Mapping):
+    elif isinstance(value, Mapping):
         region, zone = value.get("region", ""), value.get("zone", "")
     else:
         region, zone = attributes.get("region", ""), attributes.get("zone", "")

@@ -1,16 +1,26 @@
-"""The in-flight index of ``least_connections``: a tournament tree over the endpoints'
-scores ``in_flight / weight``, kept up to date by the endpoints' in-flight watchers
-(``EndpointStats.watch_in_flight``), so a pick is O(log n) and exact (no lbclient
-dependency beyond the picker contract; no grpc, no threads, no I/O).
+"""The in-flight index of ``least_connections``: the endpoints' scores ``in_flight /
+weight``, kept up to date by the endpoints' in-flight watchers
+(``EndpointStats.watch_in_flight``), so a pick is exact and O(log n), or O(1) while every
+weight is equal (no lbclient dependency beyond the picker contract; no grpc, no threads,
+no I/O).
 
-Layout: ``size`` leaf slots (a power of two) in flat lists, node ``j``'s children at
-``2j`` and ``2j + 1``, leaf slot ``i`` at ``size + i``. Every node holds the least score
+Equal weights (the common case: no ``weights``, no slow start): the least score is the
+least in-flight count, and ties are uniform. The slots are then kept in *buckets* by
+in-flight count (a list per count, each slot's position in its list, and the least
+non-empty count): a pick takes a uniformly random slot of the least bucket and moves it
+one bucket up; an end moves it down. O(1) each.
+
+Unequal weights: a tournament tree. Layout: ``size`` leaf slots (a power of two) in
+flat lists, node ``j``'s children at ``2j`` and ``2j + 1``, leaf slot ``i`` at
+``size + i``. Every node holds the least score
 below it (``_min``) and the summed weight of the leaves that have that score (``_tie``);
 a free slot scores ``inf`` with weight 0. The least-loaded endpoint is found from the
 root in O(log n), choosing among tied subtrees in proportion to their tied weight with
 one random number, so ties go to each tied endpoint in proportion to its weight.
 
-Concurrency: one lock per index guards the tree and the slot tables. Under it, a pick
+The index switches between the two when a build makes the weights equal or unequal.
+
+Concurrency: one lock per index guards the tree or buckets and the slot tables. Under it, a pick
 finds the least score, begins the call on that endpoint (``begin_unwatched``: the
 counter and the leaf move together) and returns; a watcher call (any other begin, an
 end, a discard) re-reads that endpoint's ``in_flight`` and updates its leaf. So picks
@@ -21,34 +31,88 @@ instant): it then treats that endpoint as holding the call a moment longer. No p
 undercounts an endpoint, is retried, or is counted without the compare: the count and
 the choice are one step.
 
-Cost: the lock and O(log n) list updates per pick and per end, paid only by endpoints a
-``least_connections`` policy watches. ``update`` (a picker build) is O(n) to compare the
-candidates with the slots and O(k log n) for k changed endpoints (O(n) when many changed).
+Cost: the lock and O(1) (buckets) or O(log n) (tree) list updates per pick and per end,
+paid only by endpoints a ``least_connections`` policy watches. ``update`` (a picker
+build) is O(n) to compare the candidates with the slots and O(k log n) for k changed
+endpoints (O(n) when many changed, or when the weights become equal or unequal).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import operator
 import threading
 from collections.abc import Callable, Collection, Sequence
 
 from ..balancer.picker import Candidate, EndpointStats, PickError, PickResult
 
 INF = math.inf
+_WEIGHT = operator.attrgetter("weight")
+
+
+class _Buckets:
+    """Slots by in-flight count: ``lists[c]`` holds the slots counted ``c`` (in any
+    order), ``where[i]`` is slot ``i``'s position in its list, ``count[i]`` its count
+    (-1: in no list), ``lo`` the least count with a slot (``len(lists)`` when none).
+    Moves are O(1) (swap with the last, append) plus skipping emptied lists."""
+
+    __slots__ = ("lists", "where", "count", "lo")
+
+    def __init__(self, size: int) -> None:
+        self.lists: list[list[int]] = []
+        self.where = [0] * size
+        self.count = [-1] * size
+        self.lo = 0
+
+    def put(self, i: int, c: int) -> None:
+        """Move slot ``i`` to count ``c`` (-1: out of every list)."""
+        old = self.count[i]
+        if old == c:
+            return
+        lists = self.lists
+        if old >= 0:
+            b = lists[old]
+            last = b.pop()
+            if last != i:
+                p = self.where[i]
+                b[p] = last
+                self.where[last] = p
+        if c >= 0:
+            while len(lists) <= c:
+                lists.append([])
+            b = lists[c]
+            self.where[i] = len(b)
+            b.append(i)
+            if c < self.lo:
+                self.lo = c
+        self.count[i] = c
+        lo, n = self.lo, len(lists)
+        while lo < n and not lists[lo]:
+            lo += 1
+        self.lo = lo
+
+    @property
+    def empty(self) -> bool:
+        return self.lo >= len(self.lists)
+
+    def pick(self, r: float) -> int:
+        b = self.lists[self.lo]
+        return b[int(r * len(b))]
 
 
 class LoadIndex:
     """Exact least ``in_flight / weight`` over a changing set of endpoints."""
 
-    __slots__ = ("_lock", "_size", "_min", "_tie", "_stats", "_weight", "_cands",
-                 "_results", "_watchers", "_slot", "_free", "__weakref__")
+    __slots__ = ("_lock", "_size", "_min", "_tie", "_buckets", "_stats", "_weight",
+                 "_cands", "_results", "_watchers", "_slot", "_free", "__weakref__")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._size = 1
         self._min: list[float] = [INF, INF]
         self._tie: list[float] = [0.0, 0.0]
+        self._buckets: _Buckets | None = None     # while every weight is equal
         # Per slot (None / 0 when free):
         self._stats: list[EndpointStats | None] = [None]
         self._weight: list[float] = [0.0]
@@ -62,20 +126,54 @@ class LoadIndex:
     def __len__(self) -> int:
         return len(self._slot)
 
-    def snapshot(self) -> tuple[list[float], list[float]]:
-        """(node minima, node tied weights), copied under the lock (tests)."""
-        with self._lock:
-            return list(self._min), list(self._tie)
+    @property
+    def bucketed(self) -> bool:
+        """True while every weight is equal (buckets), False with the tree."""
+        return self._buckets is not None
 
     def slot_scores(self) -> dict[str, tuple[float, int]]:
-        """address -> (leaf score, in_flight now), under the lock (tests)."""
+        """address -> (the score the index holds, in_flight now), under the lock
+        (tests)."""
         with self._lock:
             out = {}
             for address, i in self._slot.items():
                 stats = self._stats[i]
                 assert stats is not None
-                out[address] = (self._min[self._size + i], stats.in_flight)
+                out[address] = (self._held(i), stats.in_flight)
             return out
+
+    def _held(self, i: int) -> float:
+        """Slot ``i``'s score as the index holds it (lock held)."""
+        bk = self._buckets
+        if bk is not None:
+            return bk.count[i] / self._weight[i]
+        return self._min[self._size + i]
+
+    def problems(self) -> list[str]:
+        """What is inconsistent in the tree or buckets (lock held; tests)."""
+        out = []
+        bk = self._buckets
+        held = [i for i, s in enumerate(self._stats) if s is not None]
+        if bk is not None:
+            for c, b in enumerate(bk.lists):
+                for p, i in enumerate(b):
+                    if bk.count[i] != c or bk.where[i] != p:
+                        out.append(f"slot {i} misplaced in bucket {c}")
+            firsts = [c for c, b in enumerate(bk.lists) if b]
+            if bk.lo != (firsts[0] if firsts else len(bk.lists)):
+                out.append(f"lo {bk.lo} is not the least bucket")
+            if sorted(i for b in bk.lists for i in b) != held:
+                out.append("buckets do not hold exactly the slots")
+            return out
+        mins, ties = self._min, self._tie
+        for j in range(1, self._size):
+            left, right = mins[2 * j], mins[2 * j + 1]
+            m = min(left, right)
+            t = 0.0 if m == INF else ((ties[2 * j] if left == m else 0.0)
+                                      + (ties[2 * j + 1] if right == m else 0.0))
+            if mins[j] != m or abs(ties[j] - t) > 1e-9:
+                out.append(f"node {j}")
+        return out
 
     # ------------------------------------------------------------------ picking
     def pick(self, exclude: Collection[str], r: float) -> PickResult:
@@ -84,25 +182,34 @@ class LoadIndex:
         the result is ``counted``."""
         with self._lock:
             hidden = self._hide(exclude) if exclude else ()
-            mins = self._min
-            if mins[1] == INF:           # everything was excluded: consider them all
-                self._restore(hidden)
-                hidden = ()
-            ties, size = self._tie, self._size
-            target = mins[1]
-            x = r * ties[1]
-            j = 1
-            while j < size:
-                j += j
-                if mins[j] == target:
-                    if mins[j + 1] == target:
-                        t = ties[j]
-                        if x >= t:
-                            x -= t
-                            j += 1
-                else:
-                    j += 1
-            i = j - size
+            bk = self._buckets
+            if bk is not None:
+                if bk.empty:             # everything was excluded: consider them all
+                    self._restore(hidden)
+                    hidden = ()
+                    if bk.empty:
+                        raise PickError("no endpoints")
+                i = bk.pick(r)
+            else:
+                mins = self._min
+                if mins[1] == INF:       # everything was excluded: consider them all
+                    self._restore(hidden)
+                    hidden = ()
+                ties, size = self._tie, self._size
+                target = mins[1]
+                x = r * ties[1]
+                j = 1
+                while j < size:
+                    j += j
+                    if mins[j] == target:
+                        if mins[j + 1] == target:
+                            t = ties[j]
+                            if x >= t:
+                                x -= t
+                                j += 1
+                    else:
+                        j += 1
+                i = j - size
             stats = self._stats[i]
             result = self._results[i]
             if result is None:
@@ -112,8 +219,11 @@ class LoadIndex:
                 result = self._results[i] = PickResult(c, None, True)
             assert stats is not None
             stats.begin_unwatched()
-            w = self._weight[i]
-            self._put(i, stats.in_flight / w, w)
+            if bk is not None:
+                bk.put(i, stats.in_flight)
+            else:
+                w = self._weight[i]
+                self._put(i, stats.in_flight / w, w)
             if hidden:
                 self._restore(hidden)
             mine = self._watchers[i]
@@ -126,7 +236,7 @@ class LoadIndex:
         for address in exclude:
             i = slot_of.get(address)
             if i is not None:
-                self._put(i, INF, 0.0)
+                self._unset(i)
                 hidden.append(i)
         return hidden
 
@@ -134,8 +244,24 @@ class LoadIndex:
         for i in slots:
             stats = self._stats[i]
             if stats is not None:
-                w = self._weight[i]
-                self._put(i, stats.in_flight / w, w)
+                self._set(i, stats)
+
+    def _set(self, i: int, stats: EndpointStats) -> None:
+        """Slot ``i`` holds ``stats``' count now (lock held)."""
+        bk = self._buckets
+        if bk is not None:
+            bk.put(i, stats.in_flight)
+        else:
+            w = self._weight[i]
+            self._put(i, stats.in_flight / w, w)
+
+    def _unset(self, i: int) -> None:
+        """Slot ``i`` out of the running (lock held)."""
+        bk = self._buckets
+        if bk is not None:
+            bk.put(i, -1)
+        else:
+            self._put(i, INF, 0.0)
 
     def _put(self, i: int, score: float, tie: float) -> None:
         """Set leaf ``i`` and fix its ancestors (lock held); stops where nothing
@@ -160,8 +286,7 @@ class LoadIndex:
         """The in-flight watcher of slot ``i``: re-read the count."""
         with self._lock:
             if self._stats[i] is stats:
-                w = self._weight[i]
-                self._put(i, stats.in_flight / w, w)
+                self._set(i, stats)
 
     # ------------------------------------------------------------------ updates
     def update(self, candidates: Sequence[Candidate]) -> None:
@@ -234,15 +359,17 @@ class LoadIndex:
                 results_at[i] = None
             self._free = free + spare                   # spare: gone, not reused
             touched = len(new) + len(changed) + len(gone)
-            if grown or touched * self._size.bit_length() > self._size:
-                self._rebuild()
+            equal = len(set(map(_WEIGHT, candidates))) <= 1
+            if grown or equal != (self._buckets is not None) or \
+                    touched * self._size.bit_length() > self._size:
+                self._rebuild(equal)
             else:
                 for i in spare:
-                    self._put(i, INF, 0.0)
+                    self._unset(i)
                 for i, c, _ in new:
-                    self._put(i, c.stats.in_flight / c.weight, c.weight)
+                    self._set(i, c.stats)
                 for i, c in changed:
-                    self._put(i, c.stats.in_flight / c.weight, c.weight)
+                    self._set(i, c.stats)
         for stats, watcher in dropped:
             stats.unwatch_in_flight(watcher)
 
@@ -268,7 +395,7 @@ class LoadIndex:
             self._watchers = [*watchers, *pad]
             self._slot = {c.address: i for i, c in enumerate(uniq)}
             self._free = list(range(size - 1, n - 1, -1))
-            self._rebuild()
+            self._rebuild(len(set(map(_WEIGHT, uniq))) <= 1)
 
     def _grow(self, size: int) -> None:
         """More slots (lock held; the caller rebuilds the tree)."""
@@ -280,8 +407,24 @@ class LoadIndex:
         self._watchers += pad
         self._size = size
 
-    def _rebuild(self) -> None:
-        """Every leaf re-read and every node recomputed, level by level (lock held)."""
+    def _rebuild(self, equal: bool) -> None:
+        """Every count re-read: into buckets when every weight is equal, else into the
+        tree, every node recomputed level by level (lock held)."""
+        if equal:
+            bk = _Buckets(self._size)
+            lists, where, count = bk.lists, bk.where, bk.count
+            for i, stats in enumerate(self._stats):
+                if stats is not None:
+                    c = stats.in_flight
+                    while len(lists) <= c:
+                        lists.append([])
+                    where[i] = len(lists[c])
+                    lists[c].append(i)
+                    count[i] = c
+            bk.lo = next((c for c, b in enumerate(lists) if b), len(lists))
+            self._buckets = bk
+            return
+        self._buckets = None
         size = self._size
         mins = [INF] * size
         mins += [INF if s is None else s.in_flight / w

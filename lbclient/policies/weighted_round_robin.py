@@ -328,12 +328,15 @@ class WeightedRoundRobin(Policy):
     def build_picker(self, candidates: Sequence[Candidate]) -> WeightedRoundRobinPicker:
         current = frozenset(map(_ADDRESS, candidates))
         loads, reporters = self._loads, self._reporters
-        for address in current - self._present:
-            lw = loads.get(address)
-            if lw is not None:  # (re)joined: A58 restarts its blackout period
-                lw.non_empty_since = lw.last_updated = None
-            if address not in reporters:
-                reporters[address] = functools.partial(self._on_report, address)
+        joined = current - self._present
+        if loads:
+            for address in joined:
+                lw = loads.get(address)
+                if lw is not None:  # (re)joined: A58 restarts its blackout period
+                    lw.non_empty_since = lw.last_updated = None
+        on_report = self._on_report
+        reporters.update({a: functools.partial(on_report, a)
+                          for a in joined if a not in reporters})
         if len(loads) > len(current):  # forgotten ones restart on rejoining anyway
             for address in [a for a in loads if a not in current]:
                 loads.pop(address, None)
@@ -352,6 +355,10 @@ class WeightedRoundRobin(Policy):
         """Each candidate's result with its ORCA reporter (which reads the load report
         from the call's trailing metadata), made once per endpoint connection."""
         cache, reporters = self._results, self._reporters
+        if not cache:   # the first picker: make them all
+            out = [PickResult(c, reporters[c.address], False, True) for c in candidates]
+            self._results = dict(zip(map(_ADDRESS, candidates), out, strict=True))
+            return out
         out = []
         for c in candidates:
             r = cache.get(c.address)
