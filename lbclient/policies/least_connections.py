@@ -6,14 +6,15 @@ lowest score wins, exactly. Example: in-flight 5/3/4 with weights 5/2/3 score
 to weight, so an idle fleet is not always led by the first endpoint and idle traffic
 still follows the weights.
 
-How it stays exact in O(log n) (see ``_load_index``): the policy keeps a tournament
-tree of the scores (every node: the least score below it and the weight tied at it),
-which outlives pickers. The endpoints' counters tell it of every change
-(``EndpointStats.watch_in_flight``: a watcher runs right after each begin, end and
-discard, only on endpoints this policy holds). A pick takes the index's lock, walks from
-the root to a least-scored endpoint (one random number shares ties by weight), begins
-the call there and updates its leaf, then releases the lock: O(log n), and the choice
-and the count are one atomic step. So two concurrent picks can never both take the same
+How it stays exact in O(log n) (see ``_load_index``): the policy keeps an index of the
+scores that outlives pickers: buckets by in-flight count while every weight is equal
+(O(1): a random endpoint of the lowest bucket), else a tournament tree (every node: the
+least score below it and the weight tied at it). The endpoints' counters tell it of
+every change (``EndpointStats.watch_in_flight``: a watcher runs right after each begin,
+end and discard, only on endpoints this policy holds). A pick takes the index's lock,
+finds a least-scored endpoint (the tree: root to leaf, one random number sharing ties by
+weight), begins the call there and moves it in the index, then releases the lock: the
+choice and the count are one atomic step. So two concurrent picks can never both take the same
 idle endpoint, no pick is retried and none is counted without the comparison (the old
 scan's compare-and-increment could give up after 8 races and count its last choice
 anyway). The one thing a pick may not see yet is an end whose counter has moved while
