@@ -133,6 +133,7 @@ class RingHash(HashPolicy):
         # The current ring: points per member address, and (hash, key, address) sorted.
         self._ring_counts: dict[str, tuple[str, int, float]] = {}   # key, points, weight
         self._sorted: list[tuple[int, str, str]] = []
+        self._rescaled = False       # the last _counts computed a new scale
 
     def _point_hashes(self, key: str, count: int) -> list[int]:
         cached = self._points.get(key)
@@ -163,15 +164,17 @@ class RingHash(HashPolicy):
                 return counts
         counts = point_counts(weights, cfg.min_ring_size, cfg.max_ring_size)
         self._per_weight = sum(counts) / total
+        self._rescaled = True
         return counts
 
     def make_layout(self, members: list[tuple[str, str, float]]) -> Layout:
+        self._rescaled = False
         counts = self._counts(members)
         keys, addresses, weights = zip(*members, strict=True) if members else ((), (), ())
         new = dict(zip(addresses, zip(keys, counts, weights, strict=True), strict=True))
         old, points = self._ring_counts, self._sorted
-        diff = new.items() ^ old.items()
-        if points and 4 * len(diff) < len(new):
+        diff = new.items() ^ old.items() if points and not self._rescaled else None
+        if diff is not None and 4 * len(diff) < len(new):
             for a in {a for a, _ in diff}:
                 before, after = old.get(a), new.get(a)
                 if before is not None and (after is None or after[0] != before[0]):
@@ -183,9 +186,10 @@ class RingHash(HashPolicy):
         else:
             points = []
             hashes = self._point_hashes
-            for key, a, c in zip(keys, addresses, counts, strict=True):
-                if c:
-                    points += [(h, key, a) for h in hashes(key, c)[:c]]
+            for key, a, c in zip(itertools.compress(keys, counts),
+                                 itertools.compress(addresses, counts),
+                                 itertools.compress(counts, counts), strict=True):
+                points += [(h, key, a) for h in hashes(key, c)[:c]]
             points.sort()
         self._ring_counts, self._sorted = new, points
         if len(self._points) > len(members):
