@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -423,6 +424,39 @@ def test_a_hedging_delay_with_an_attempt_in_flight_is_no_retry_delay(
     assert hedges.count == 1 and hedges.sum == 1
     (delay,) = points(reader, "grpc.client.call.retry_delay")
     assert delay.count == 1 and delay.sum == 0
+
+
+# ------------------------------------------------------------- a stream's end, observed
+def test_retried_streams_read_to_the_end_while_their_end_is_observed(
+        fleet_factory: FleetFactory, reader: InMemoryMetricReader,
+        hooks: list[Callable[[], None]]) -> None:
+    """The observer hears of a stream's end on grpc's channel thread, maybe while the
+    reader still waits (holding the stream's lock) for that thread to deliver the last
+    read. Every read must end and every end be recorded. (It deadlocked: the observer
+    asked code(), which took the reader's lock; the order of grpc's two events decides,
+    so many streams are read: one in a few deadlocked.)"""
+    provider = MeterProvider(metric_readers=[reader])
+    fleet = fleet_factory(1)
+    streams = 150
+    with lbclient.insecure_channel(
+            fleet.target, service_config=service_config(fleet.addresses, RETRY)) as ch:
+        lbotel.enable(ch, meter_provider=provider)
+        wait_ready(ch, 1)
+        stub = echo_pb2_grpc.EchoStub(ch)
+        kept: list[Any] = []
+        for i in range(streams):
+            stream = stub.ServerStream(REQUEST, timeout=10)
+            kept.append(stream)
+            got: list[Any] = []
+            reading = threading.Thread(target=lambda s=stream, g=got: g.extend(s),
+                                       daemon=True)
+            reading.start()
+            reading.join(10)
+            assert not reading.is_alive(), f"stream {i}: the reader never saw its end"
+            assert len(got) == 2
+        wait_until(lambda: total(reader, "grpc.client.call.duration",
+                                 **{"grpc.status": "OK"}) == streams,
+                   message="every stream's end recorded")
 
 
 # ------------------------------------------------------------------ the plans (units)
