@@ -90,7 +90,9 @@ class CallFuture(grpc.RpcError, grpc.Call, FutureBase):
         except BaseException:
             self.cancel()
             raise
-        final = with_attempts(self._final, self._previous, self._retry_delay())
+        previous = self._previous
+        final = with_attempts(self._final, previous,
+                              self._retry_delay() if previous else 0.0)
         if self._failed:
             if final is self._final:
                 raise final

@@ -83,9 +83,7 @@ class HedgingFuture(CallFuture):
             return
         inv = self._inv
         metadata = attempt_metadata(inv.metadata, n)
-        with self._plan_lock:
-            tried = frozenset(self._plan.tried)
-        info = pick_info(inv.site, metadata, tried)
+        info = pick_info(inv.site, metadata, frozenset(self._plan.tried))
 
         def placed(result: PickResult) -> None:
             with self._lock:
