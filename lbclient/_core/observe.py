@@ -26,7 +26,8 @@ class CallEnd(NamedTuple):
     """How one whole call ended. ``retries``/``hedges``: the attempts after the first
     (a retryPolicy's or a hedgingPolicy's); ``transparent_retries``: the attempts
     lbclient re-made on another endpoint because the picked one was removed before the
-    attempt could start; ``retry_delay``: seconds spent in retry backoffs."""
+    attempt could start; ``retry_delay``: seconds between attempts with none in flight
+    (gRFC A96; measured by the call's RetryPlan / HedgePlan)."""
 
     site: CallSite
     code: str
@@ -38,8 +39,9 @@ class CallEnd(NamedTuple):
 
 
 def call_end(site: CallSite, code: str, seconds: float, call: Any) -> CallEnd:
-    """The :class:`CallEnd` of ``call`` (lbclient's retried calls, futures and errors
-    say how many attempts they made; grpc's own objects made one)."""
+    """The :class:`CallEnd` of ``call`` (lbclient's retried calls, futures, streams and
+    errors say how many attempts they made - ``previous_rpc_attempts`` - and, when they
+    did, ``retry_delay`` and ``transparent_retries``; grpc's own objects made one)."""
     earlier = int(getattr(call, "previous_rpc_attempts", 0) or 0)
     config = site.config
     hedging = config is not None and config.hedging_policy is not None
