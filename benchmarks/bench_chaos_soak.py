@@ -70,8 +70,9 @@ memory grew most. Flat: RSS growth <= 5 % and traced growth <= max(2 MiB, 5 %).
 
 Run: ``.venv/bin/python -m benchmarks.bench_chaos_soak [--quick]`` (quick: 25 s of chaos,
 one 4 s quorum loss; full: 10 s quorum losses at 20, 80 and 140 s, and on until 100,000
-calls - about 4-6 minutes on the shared 2-core machine). ``tests/test_chaos_faults.py``
-runs each new fault briefly against real backends, and this module's smoke form.
+calls - about 10 minutes on the shared 2-core machine, where tracemalloc alone costs a
+third of the rate). ``tests/test_chaos_faults.py`` runs each new fault briefly against
+real backends, and this module's smoke form. Figures: docs/reliability.md.
 """
 
 from __future__ import annotations
