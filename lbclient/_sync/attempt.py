@@ -47,33 +47,40 @@ def pick_info(site: CallSite, metadata: Any, exclude: frozenset[str] = frozenset
 
 def unary(host: Placement, site: CallSite, request: Any, timeout: float | None,
           metadata: Any, credentials: Any, wait_for_ready: bool | None, compression: Any,
-          with_call: bool = False) -> Any:
+          with_call: bool = False, *, deadline: float | None = None,
+          cap: float | None = None, tried: list[str] | None = None) -> Any:
     """The hot path (see the module docstring): the response, or ``(response, call)``
-    with ``with_call``; or grpc's RpcError."""
+    with ``with_call``; or grpc's RpcError. The first attempt of a retried call passes
+    its ``deadline`` (instead of ``timeout``), ``cap`` (``perAttemptRecvTimeout``) and
+    ``tried`` (the endpoint is appended to it)."""
     ctx = host.ctx
     info = PickInfo(site.method, metadata) if metadata else site.info
     try:
         result = ctx.balancer.picker.pick(info)
     except PickError as exc:   # not yet, or no endpoint: wait (or fail), then go on
-        deadline = None if timeout is None else time.monotonic() + timeout
+        if deadline is None and timeout is not None:
+            deadline = time.monotonic() + timeout
         first = host.wait(info, exc, deadline, bool(wait_for_ready))
-        out = blocking(host, site, request, metadata, credentials, wait_for_ready,
-                       compression, with_call, deadline=deadline, first=first)
-        return out if with_call else out[0]
+        return _general(host, site, request, metadata, credentials, wait_for_ready,
+                        compression, with_call, None, deadline, cap, tried, first)
     candidate, on_done, counted, wants_metadata = result
     stats = candidate.stats
     if wants_metadata:
-        out = blocking(host, site, request, metadata, credentials, wait_for_ready,
-                       compression, with_call, timeout=timeout, first=result)
-        return out if with_call else out[0]
+        return _general(host, site, request, metadata, credentials, wait_for_ready,
+                        compression, with_call, timeout, deadline, cap, tried, result)
     if not counted:
         stats.begin()
     handle = candidate.handle
     if stats.retiring:         # removed meanwhile (read after the begin): pick again
         stats.discard()
-        out = blocking(host, site, request, metadata, credentials, wait_for_ready,
-                       compression, with_call, timeout=timeout)
-        return out if with_call else out[0]
+        return _general(host, site, request, metadata, credentials, wait_for_ready,
+                        compression, with_call, timeout, deadline, cap, tried)
+    if deadline is not None:
+        timeout = deadline - time.monotonic()
+    if cap is not None and (timeout is None or cap < timeout):
+        timeout = cap
+    if tried is not None:
+        tried.append(candidate.address)
     mc = handle.calls.get(site) or handle.callable(site)
     t0 = _clock()
     try:
@@ -92,9 +99,10 @@ def unary(host: Placement, site: CallSite, request: Any, timeout: float | None,
         end_attempt(ctx, result, _clock() - t0, "CANCELLED")
         if not handle.closed:
             raise
-        out = blocking(host, site, request, metadata, credentials, wait_for_ready,
-                       compression, with_call, timeout=timeout)
-        return out if with_call else out[0]
+        if tried is not None:
+            tried.pop()
+        return _general(host, site, request, metadata, credentials, wait_for_ready,
+                        compression, with_call, timeout, deadline, cap, tried)
     except BaseException:
         end_attempt(ctx, result, _clock() - t0, "CANCELLED")
         raise
@@ -103,6 +111,17 @@ def unary(host: Placement, site: CallSite, request: Any, timeout: float | None,
     else:
         end_attempt(ctx, result, _clock() - t0, "OK")
     return out
+
+
+def _general(host: Placement, site: CallSite, request: Any, metadata: Any, credentials: Any,
+             wait_for_ready: bool | None, compression: Any, with_call: bool,
+             timeout: float | None, deadline: float | None, cap: float | None,
+             tried: list[str] | None, first: PickResult | None = None) -> Any:
+    """What :func:`unary` hands over to :func:`blocking` (same return convention)."""
+    out = blocking(host, site, request, metadata, credentials, wait_for_ready, compression,
+                   with_call, timeout=timeout, deadline=deadline, cap=cap, first=first,
+                   placed=None if tried is None else tried.append)
+    return out if with_call else out[0]
 
 
 def blocking(host: Placement, site: CallSite, request: Any, metadata: Any, credentials: Any,

@@ -95,10 +95,16 @@ def blocking_unary(host: Placement, site: CallSite, config: MethodConfig, reques
     cap = policy.per_attempt_recv_timeout
     tried: list[str] = []
     try:
-        response, call = attempt.blocking(host, site, request, metadata, credentials,
-                                          wait_for_ready, compression, with_call,
-                                          deadline=deadline, cap=cap, placed=tried.append,
-                                          repicks=repicks)
+        if repicks is None:        # the hot path's code (no call observer to tell)
+            out = attempt.unary(host, site, request, None, metadata, credentials,
+                                wait_for_ready, compression, with_call,
+                                deadline=deadline, cap=cap, tried=tried)
+            response, call = out if with_call else (out, None)
+        else:
+            response, call = attempt.blocking(host, site, request, metadata, credentials,
+                                              wait_for_ready, compression, with_call,
+                                              deadline=deadline, cap=cap,
+                                              placed=tried.append, repicks=repicks)
     except grpc.RpcError as exc:
         inv = Invocation(site, request, deadline, metadata, bool(wait_for_ready),
                          credentials, compression)
