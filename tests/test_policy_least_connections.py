@@ -1,6 +1,6 @@
-"""least_connections: exact weighted least in-flight in O(log n) (the tournament tree of
-``_load_index``), table-driven cases, a model check of random operation sequences, the
-in-flight watchers of EndpointStats, and threads hammering pick and done."""
+"""least_connections: exact weighted least in-flight in O(log n) (the index of
+``lbclient.balancer.load_index``), table-driven cases, a model check of random operation
+sequences, the in-flight watchers of EndpointStats, and threads hammering pick and done."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_policy_support import candidates, info, make_policy, run_threads
 
+from lbclient.balancer.load_index import LoadIndex
 from lbclient.balancer.picker import CallOutcome, Candidate, EndpointStats
-from lbclient.policies._load_index import LoadIndex
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -6,8 +6,8 @@ lowest score wins, exactly. Example: in-flight 5/3/4 with weights 5/2/3 score
 to weight, so an idle fleet is not always led by the first endpoint and idle traffic
 still follows the weights.
 
-How it stays exact in O(log n) (see ``_load_index``): the policy keeps an index of the
-scores that outlives pickers: buckets by in-flight count while every weight is equal
+How it stays exact in O(log n) (see ``lbclient.balancer.load_index``): the policy keeps an
+index of the scores that outlives pickers: buckets by in-flight count while every weight is equal
 (O(1): a random endpoint of the lowest bucket), else a tournament tree (every node: the
 least score below it and the weight tied at it). The endpoints' counters tell it of
 every change (``EndpointStats.watch_in_flight``: a watcher runs right after each begin,
@@ -39,10 +39,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._validate import expect_object, reject_unknown
+from ..balancer.load_index import LoadIndex
 from ..balancer.picker import Candidate, PickInfo, PickResult
 from ..balancer.policy import PolicyContext, PolicySpec, register_policy
 from ._common import WeightedPolicy, Weights, parse_weights
-from ._load_index import LoadIndex
 
 NAME = "least_connections"
 

@@ -1,8 +1,9 @@
 """The in-flight index of ``least_connections``: the endpoints' scores ``in_flight /
 weight``, kept up to date by the endpoints' in-flight watchers
 (``EndpointStats.watch_in_flight``), so a pick is exact and O(log n), or O(1) while every
-weight is equal (no lbclient dependency beyond the picker contract; no grpc, no threads,
-no I/O).
+weight is equal. It lives in the balancer layer, not with the policy, because it is
+state that outlives pickers and it takes a lock (policies take none); it depends on the
+picker contract only (no grpc, no threads of its own, no I/O).
 
 Equal weights (the common case: no ``weights``, no slow start): the least score is the
 least in-flight count, and ties are uniform. The slots are then kept in *buckets* by
@@ -45,7 +46,7 @@ import operator
 import threading
 from collections.abc import Callable, Collection, Sequence
 
-from ..balancer.picker import Candidate, EndpointStats, PickError, PickResult
+from .picker import Candidate, EndpointStats, PickError, PickResult
 
 INF = math.inf
 _WEIGHT = operator.attrgetter("weight")
