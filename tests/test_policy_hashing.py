@@ -250,3 +250,12 @@ def test_keys_stick_to_backends_across_clients(name: str, fleet: Fleet) -> None:
         assert len(set(first.values())) == 3  # 30 keys cover every backend
         spread = call_counts(a, 300)  # no key: random over the three
         assert set(spread) == set(fleet.addresses) and min(spread.values()) > 50
+
+
+def test_key_hash_is_xxhash64_and_its_cache_stays_bounded() -> None:
+    from lbclient.policies import _hashing
+
+    keys = [f"user-{i}" for i in range(3 * _hashing.KEY_CACHE_SIZE)]
+    for key in keys + keys[:10]:
+        assert _hashing.key_hash(key) == _hashing.xxhash64(key)
+        assert len(_hashing._key_hashes) <= _hashing.KEY_CACHE_SIZE

@@ -76,12 +76,13 @@ def header_value(info: PickInfo, name: str | None) -> str | None:
     with "," (gRFC A76). None when absent or empty."""
     if not name:
         return None
-    values = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v
-              for k, v in info.metadata if k.lower() == name]
-    if not values:
-        return None
-    joined = values[0] if len(values) == 1 else ",".join(values)
-    return joined or None
+    found: str | None = None
+    for k, v in info.metadata:
+        if k == name or k.lower() == name:      # (grpc's keys are lowercase already)
+            if isinstance(v, bytes):
+                v = v.decode("utf-8", "replace")
+            found = v if found is None else f"{found},{v}"
+    return found or None
 
 
 class WeightedSampler:

@@ -35,7 +35,7 @@ from ..balancer.picker import Candidate, PickInfo, PickResult
 from ..balancer.policy import Policy, PolicyContext
 from ..endpoint import Endpoint
 from ._common import header_value, weight_of
-from ._hashing import xxhash64
+from ._hashing import key_hash
 
 HASH_KEY_ATTRIBUTE = "hash_key"
 
@@ -72,7 +72,7 @@ class HashPicker:
     otherwise a pick steps forward from its slot to the first eligible owner)."""
 
     __slots__ = ("_layout", "_owners", "_elig", "_elig_slots", "_candidates", "_header",
-                 "_rng", "_factor", "_share")
+                 "_rng", "_factor", "_share", "_direct")
 
     def __init__(self, layout: Layout, candidates: Sequence[Candidate], header: str | None,
                  rng: random.Random, balance_factor: int | None,
@@ -90,6 +90,8 @@ class HashPicker:
         self._header = header
         self._rng = rng
         self._factor = balance_factor / 100.0 if balance_factor is not None else None
+        # a pick may take its slot's owner at once when eligible (no balance factor)
+        self._direct = self._factor is None and len(self._owners) > 0
         self._share: dict[str, float] = {}
         if self._factor is not None:
             total = sum(weight_of(weights, c) for c in self._candidates)
@@ -98,8 +100,13 @@ class HashPicker:
 
     def pick(self, info: PickInfo) -> PickResult:
         value = header_value(info, self._header)
-        h = xxhash64(value) if value is not None else self._rng.getrandbits(64)
-        walk = self._walk(self._layout.slot(h))
+        h = key_hash(value) if value is not None else self._rng.getrandbits(64)
+        slot = self._layout.slot(h)
+        if self._direct and not info.exclude:
+            owner = self._elig[self._owners[slot]]     # the common case: eligible owner
+            if owner is not None:
+                return owner.result
+        walk = self._walk(slot)
         first = next(walk, None)
         if first is None:  # no eligible endpoint owns a slot (zero-point members)
             return PickResult(self._candidates[int(self._rng.random() * len(

@@ -96,3 +96,21 @@ def request_key(info: PickInfo, header: str | None) -> int | None:
     if value is None:
         return None
     return xxhash64(value)
+
+
+KEY_CACHE_SIZE = 4096
+_key_hashes: dict[str, int] = {}
+
+
+def key_hash(value: str) -> int:
+    """``xxhash64(value)`` of a request's hash key, remembered for the last few thousand
+    distinct keys (keys repeat: users, sessions; a pure-Python XXH64 costs more than the
+    rest of a pick). Thread-safe without a lock: dict reads and stores are atomic, and a
+    full cache is simply emptied."""
+    h = _key_hashes.get(value)
+    if h is None:
+        h = xxhash64(value)
+        if len(_key_hashes) >= KEY_CACHE_SIZE:
+            _key_hashes.clear()
+        _key_hashes[value] = h
+    return h
