@@ -21,6 +21,8 @@ from typing import Any
 import lbclient
 from lbclient.testing import Fleet, echo_pb2, echo_pb2_grpc
 
+WARM_UP = 5     # calls an endpoint gets before its latency average counts
+
 
 @dataclass(frozen=True)
 class Config:
@@ -53,7 +55,9 @@ class FastestOfTwoPicker:
 
         def cost(c: lbclient.Candidate) -> float:
             ewma = c.stats.latency_ewma            # None until the endpoint's first call
-            return 0.0 if ewma is None else ewma * (c.stats.in_flight + 1)
+            if ewma is None or c.stats.calls < WARM_UP:
+                return 0.0      # too few samples to judge (one cold call must not starve it)
+            return ewma * (c.stats.in_flight + 1)
 
         return lbclient.PickResult(a if cost(a) <= cost(b) else b)
 
@@ -85,7 +89,7 @@ def main() -> int:
                 answered_by[reply.backend] += 1
         for name in ("fast-1", "fast-2", "slow"):
             print(f"{name}: {answered_by[name]} of 200 calls")
-        # The slow backend wins a draw only against an endpoint not measured yet (or a
+        # The slow backend wins a draw only against an endpoint still warming up (or a
         # fast one with many calls in flight), so it gets far less than 1/3.
         return 0 if answered_by["slow"] < 200 / 3 else 1
 

@@ -87,9 +87,14 @@ def test_a_frozen_backend_costs_no_call() -> None:
                            message="the child serving calls")
                 child.freeze()
                 frozen = time.monotonic()
-                wait_until(lambda: attempts.on(child.address, "DEADLINE_EXCEEDED") >= 1, 30,
-                           message="an attempt on the frozen backend cut")
-                time.sleep(max(frozen + 2.0 - time.monotonic(), 0.0))   # the freeze
+                # The freeze lasts 2 to 5 s (until an attempt on it was cut): well within
+                # the streams' 10 s deadline however loaded the machine is (a longer one
+                # would time streams out on it, which is no longer this test's case).
+                deadline = frozen + 5.0
+                while (time.monotonic() < deadline and
+                       attempts.on(child.address, "DEADLINE_EXCEEDED") < 1):
+                    time.sleep(0.05)
+                time.sleep(max(frozen + 2.0 - time.monotonic(), 0.0))
                 child.thaw()
                 served = attempts.on(child.address, "OK")
                 wait_until(lambda: attempts.on(child.address, "OK") >= served + 5, 30,
