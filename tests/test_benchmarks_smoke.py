@@ -164,7 +164,7 @@ def test_overhead_smoke_gives_finite_ratios_for_every_variant() -> None:
     assert section.status == "ok", section.notes
     m = section.metrics
     for t in bench_overhead.SMOKE.threads:
-        for slug in ("raw", "native_round_robin", "lbclient_round_robin"):
+        for slug in ("raw1", "raw", "native_round_robin", "lbclient_round_robin"):
             key = f"t{t}.{slug}"
             assert m[f"{key}.errors"] == 0.0, key
             for k in ("calls_per_s", "cpu_us_per_call", "throughput_vs_native", "cpu_vs_raw"):
@@ -177,7 +177,7 @@ def test_overhead_smoke_gives_finite_ratios_for_every_variant() -> None:
     assert goals == [(str(t), v) for t in bench_overhead.SMOKE.threads
                      for v in ("lbclient round_robin", "lbclient round_robin + retryPolicy")]
     for table in section.tables[1:]:
-        assert [row[5] for row in table.rows] == ["1/1", "3/3", "3/3", "3/3"]
+        assert [row[5] for row in table.rows] == ["1/1", "3/3", "3/3", "3/3", "3/3"]
     text = run.render([(run.Scenario("overhead", "benchmarks.bench_overhead"), section)],
                       {}, "cmd", "smoke", section.seconds)
     assert "## Overhead" in text and "calls/s ÷ native rr" in text

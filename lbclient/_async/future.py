@@ -27,6 +27,7 @@ import grpc.aio
 from .._core.deadline import remaining
 from .._core.kinds import Invocation
 from .._core.metadata import add_attempts_trailer
+from .._core.observe import AttemptTelemetry
 from ..balancer.picker import PickError
 from .attempt import pick_info, start
 from .errors import CANCELLED_DETAILS, aio_error, with_attempts
@@ -225,7 +226,7 @@ class DeferredStreamStreamCall(_StreamRequest, _StreamResponse,
     pass
 
 
-class RetriedCall:
+class RetriedCall(AttemptTelemetry):
     """A call made of attempts run by a driver task (``_drive()``, in ``retry``, ``hedge``
     and ``stream``): awaitable / async-iterable through the subclasses, with the status
     coroutines, ``cancel``/``done``/``add_done_callback``, and
@@ -234,8 +235,6 @@ class RetriedCall:
     (None if none started) and ``_error`` the call's error, if it failed. It also reports
     gRFC A96's ``retry_delay`` (from the driver's plan: ``_retry_delay``) and
     ``transparent_retries`` (picks again of endpoints removed before an attempt began)."""
-
-    _transparent = 0    # picks again because the endpoint was removed (set when one is)
 
     def __init__(self, host: AioPlacement, inv: Invocation) -> None:
         self._host = host
@@ -290,10 +289,6 @@ class RetriedCall:
 
     def _placed(self, address: str) -> None:
         """An attempt goes to ``address``."""
-
-    def _retry_delay(self) -> float:
-        """Seconds spent between attempts with none in flight (the plan's)."""
-        return 0.0
 
     # ------------------------------------------------------------------ driver
     async def _run(self) -> Any:
@@ -393,22 +388,6 @@ class RetriedCall:
                     raise
                 if self._rpc is rpc:          # the next attempt has not started yet
                     self._started.clear()
-
-    @property
-    def previous_rpc_attempts(self) -> int:
-        """Attempts made before the final one."""
-        return self._previous
-
-    @property
-    def retry_delay(self) -> float:
-        """Seconds spent between attempts with none in flight (gRFC A96), so far."""
-        return self._retry_delay()
-
-    @property
-    def transparent_retries(self) -> int:
-        """Times an attempt was picked again because its endpoint was removed before it
-        could start (gRFC A96's transparent retries)."""
-        return self._transparent
 
     # ------------------------------------------------------------------ grpc.aio.RpcContext
     def cancel(self) -> bool:

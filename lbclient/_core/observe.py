@@ -38,6 +38,37 @@ class CallEnd(NamedTuple):
     retry_delay: float = 0.0
 
 
+class AttemptTelemetry:
+    """What a call lbclient drives itself (retried, queued, hedged) tells of its attempts
+    (read by :func:`call_end`; gRFC A96), for both flavours. Subclasses keep
+    ``_previous`` (attempts before the final one) and ``_transparent`` (picks made again
+    because the endpoint was removed before the attempt could start), and override
+    :meth:`_retry_delay` when a plan measures it."""
+
+    __slots__ = ()
+    _previous = 0
+    _transparent = 0
+
+    def _retry_delay(self) -> float:
+        return 0.0
+
+    @property
+    def previous_rpc_attempts(self) -> int:
+        """Attempts made before the final one (0 before the call finished)."""
+        return self._previous
+
+    @property
+    def retry_delay(self) -> float:
+        """Seconds spent between attempts with none in flight (gRFC A96), so far."""
+        return self._retry_delay()
+
+    @property
+    def transparent_retries(self) -> int:
+        """Times an attempt was picked again because its endpoint was removed before it
+        could start (gRFC A96's transparent retries)."""
+        return self._transparent
+
+
 def call_end(site: CallSite, code: str, seconds: float, call: Any) -> CallEnd:
     """The :class:`CallEnd` of ``call`` (lbclient's retried calls, futures, streams and
     errors say how many attempts they made - ``previous_rpc_attempts`` - and, when they

@@ -28,6 +28,7 @@ import grpc
 from .._core.deadline import remaining
 from .._core.kinds import Invocation
 from .._core.metadata import add_attempts_trailer
+from .._core.observe import AttemptTelemetry
 from .._core.retry_plan import RetryPlan
 from ..balancer.picker import PickError, PickResult
 from .attempt import pick_info, start
@@ -38,10 +39,8 @@ from .replay import SyncReplay
 log = logging.getLogger("lbclient.retry")
 
 
-class CallFuture(grpc.RpcError, grpc.Call, FutureBase):
+class CallFuture(AttemptTelemetry, grpc.RpcError, grpc.Call, FutureBase):
     """The outcome half: set once by ``_finish``; everything else waits for it."""
-
-    _transparent = 0    # picks again because the endpoint was removed (set when one is)
 
     def __init__(self, deadline: float | None) -> None:
         super().__init__()
@@ -77,9 +76,6 @@ class CallFuture(grpc.RpcError, grpc.Call, FutureBase):
 
     def _previous_attempts(self) -> int:
         return 0
-
-    def _retry_delay(self) -> float:
-        return 0.0
 
     def blocking_result(self) -> tuple[Any, Any]:
         """Wait for the outcome as a blocking call does: ``(response, grpc.Call)`` or raise
@@ -169,22 +165,6 @@ class CallFuture(grpc.RpcError, grpc.Call, FutureBase):
         self._wait(None)
         fn = getattr(self._final, "debug_error_string", None)
         return fn() if fn is not None else ""
-
-    @property
-    def previous_rpc_attempts(self) -> int:
-        """Attempts made before the final one (0 before the call finished)."""
-        return self._previous
-
-    @property
-    def retry_delay(self) -> float:
-        """Seconds spent between attempts with none in flight (gRFC A96), so far."""
-        return self._retry_delay()
-
-    @property
-    def transparent_retries(self) -> int:
-        """Times an attempt was picked again because its endpoint was removed before it
-        could start (gRFC A96's transparent retries)."""
-        return self._transparent
 
     # ------------------------------------------------------------------ grpc.RpcContext
     def is_active(self) -> bool:

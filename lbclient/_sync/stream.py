@@ -35,6 +35,7 @@ import grpc
 from .._core.deadline import remaining
 from .._core.kinds import Invocation
 from .._core.metadata import add_attempts_trailer
+from .._core.observe import AttemptTelemetry
 from .._core.retry_plan import RetryPlan
 from ..balancer.picker import PickError, PickResult
 from .attempt import pick_info, start
@@ -45,12 +46,10 @@ from .replay import SyncReplay, SyncReplayView
 log = logging.getLogger("lbclient.retry")
 
 
-class ResponseStream(grpc.RpcError, grpc.Call, FutureBase):
+class ResponseStream(AttemptTelemetry, grpc.RpcError, grpc.Call, FutureBase):
     """A response iterator that is also a ``grpc.Call`` and ``grpc.Future`` (as grpc's own
     ``_MultiThreadedRendezvous``); a failed read raises the stream itself. ``repicked``:
     transparent retries made before it (the caller's pick went to a removed endpoint)."""
-
-    _transparent = 0    # picks again because the endpoint was removed (set when one is)
 
     def __init__(self, host: Placement, inv: Invocation, plan: RetryPlan | None = None,
                  replay: SyncReplay | None = None, repicked: int = 0) -> None:
@@ -289,16 +288,8 @@ class ResponseStream(grpc.RpcError, grpc.Call, FutureBase):
     def previous_rpc_attempts(self) -> int:
         return self._plan.previous if self._plan is not None else 0
 
-    @property
-    def retry_delay(self) -> float:
-        """Seconds spent between attempts with none in flight (gRFC A96), so far."""
+    def _retry_delay(self) -> float:
         return self._plan.retry_delay if self._plan is not None else 0.0
-
-    @property
-    def transparent_retries(self) -> int:
-        """Times an attempt was picked again because its endpoint was removed before it
-        could start (gRFC A96's transparent retries)."""
-        return self._transparent
 
     # ------------------------------------------------------------------ grpc.RpcContext
     def is_active(self) -> bool:
