@@ -26,6 +26,9 @@ from benchmarks._common import Section, Table, machine_info
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "RESULTS.md")
+# Hand-kept before/after tables (older versions measured by the commands they name);
+# render() appends them to RESULTS.md.
+HISTORY = os.path.join(HERE, "HISTORY.md")
 MODES = ("full", "quick", "smoke")
 
 
@@ -135,7 +138,18 @@ def render(results: Sequence[tuple[Scenario, Section]], info: dict[str, str], co
     lines += [index.to_markdown(), ""]
     for _, section in results:
         lines.append(section.to_markdown())
+    if os.path.isfile(HISTORY):
+        lines += ["## Before and after (from `benchmarks/HISTORY.md`)", "",
+                  "Comparisons across lbclient versions, each measured by the command it "
+                  "names (not part of this run):", "",
+                  _history_body(), ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _history_body() -> str:
+    """HISTORY.md without its own title line."""
+    with open(HISTORY) as f:
+        return f.read().split("\n", 1)[-1].strip()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -218,3 +218,18 @@ def test_discovery_grow_smoke_runs_without_etcd() -> None:
         assert m[f"grow.{key}.failed"] == 0.0, key
         assert _finite(m[f"grow.{key}.ratio"]) and m[f"grow.{key}.ratio"] > 0, key
     assert [row[2] for row in section.tables[0].rows] == ["3", "30", "10"]   # kept
+
+
+def test_callpath_smoke_counts_lbclient_alone() -> None:
+    """The call-path decomposition: bytecodes and µs of lbclient alone per call, for
+    every variant, and a raw grpc call's CPU to divide by."""
+    from benchmarks import bench_callpath
+
+    section = bench_callpath.run_smoke()
+    m = section.metrics
+    assert _finite(m["raw_call_cpu_us"]) and m["raw_call_cpu_us"] > 0
+    for slug in ("round_robin", "round_robin_retry", "ring_hash", "outlier_detection"):
+        assert 50 < m[f"{slug}.bytecodes_per_call"] < 5000, slug
+        assert _finite(m[f"{slug}.us_per_call"]) and m[f"{slug}.us_per_call"] > 0, slug
+    # deterministic: the plain path does less than the retry-configured one
+    assert m["round_robin.bytecodes_per_call"] < m["round_robin_retry.bytecodes_per_call"]
