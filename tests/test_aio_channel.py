@@ -406,3 +406,32 @@ def test_finished_calls_are_read_from_grpc_aio_directly_with_a_fallback(fleet3: 
             error = seen[0].error()
             assert error.code() is grpc.StatusCode.NOT_FOUND and error.details() == "nope"
     run(body)
+
+
+def test_unavailable_names_grpcs_connection_error_on_aio_too() -> None:
+    """A call that fails because every endpoint failed says why, with grpc's own account
+    of the connection error (the sync channel does the same: one rule in _core)."""
+    import socket
+
+    unused = socket.socket()
+    unused.bind(("127.0.0.1", 0))
+    port = unused.getsockname()[1]
+    unused.close()                                     # nothing listens: refused
+
+    async def body() -> str:
+        async with lbclient.aio.insecure_channel(f"ipv4:127.0.0.1:{port}") as ch:
+            stub = echo_pb2_grpc.EchoStub(ch)
+            details = ""
+            for _ in range(100):                           # bounded: ~10 s
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.Unary(echo_pb2.EchoRequest(message="x"), timeout=2)
+                assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+                details = info.value.details() or ""
+                if "last connection error" in details:
+                    break
+                await asyncio.sleep(0.1)
+            return details
+
+    details = asyncio.run(asyncio.wait_for(body(), 30))
+    assert "no ready endpoints: 1 failed; last connection error:" in details, details
+    assert "Connection refused" in details or "connect" in details, details
