@@ -1,13 +1,16 @@
-"""Small bounded-wait helpers shared by the tests."""
+"""Small bounded-wait helpers and fakes shared by the tests."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 
 import lbclient
+from lbclient import Connectivity, Endpoint
+from lbclient.health.tracker import HealthReport
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0,
@@ -57,3 +60,65 @@ class FactoryStub:
 
     def set_batcher(self, batch: object) -> None:
         pass
+
+
+# ------------------------------------------------------------------ balancer fakes
+# A Balancer driven by hand: fake connections (the test calls ``on_state``), health
+# checkers the test answers for, no timers, a manual clock.
+class Handle(ConnectionStub):
+    def __init__(self, address: str, on_state: Callable[[Connectivity], None]) -> None:
+        self.address, self.on_state = address, on_state
+
+    def request_connection(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+
+class Factory(FactoryStub):
+    def __init__(self) -> None:
+        self.handles: dict[str, Handle] = {}
+
+    def create(self, endpoint: Endpoint, on_state: Callable[[Connectivity], None]) -> Handle:
+        self.handles[endpoint.address] = Handle(endpoint.address, on_state)
+        return self.handles[endpoint.address]
+
+
+class Checker:
+    def set_probing(self, on: bool) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def join(self, timeout: float) -> None:
+        pass
+
+
+class HealthFactory:
+    """Keeps the latest ``report`` function per address: the test answers for it."""
+
+    def __init__(self) -> None:
+        self.report: dict[str, Callable[[HealthReport], None]] = {}
+
+    def start(self, handle: Handle, config: Any, report: Callable[[HealthReport], None]) -> Checker:
+        self.report[handle.address] = report
+        return Checker()
+
+
+class NoTimers:
+    class Timer:
+        def cancel(self) -> None:
+            pass
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> Any:
+        return self.Timer()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t

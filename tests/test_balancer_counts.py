@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import collections
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from helpers import ConnectionStub, FactoryStub
+from helpers import Clock, Factory, HealthFactory, NoTimers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,65 +33,6 @@ from lbclient.connectivity import aggregate
 from lbclient.health.options import parse_balancing_options
 from lbclient.health.tracker import HealthReport
 from lbclient.policies.round_robin import RoundRobinPicker
-
-
-class Handle(ConnectionStub):
-    def __init__(self, address: str, on_state: Callable[[Connectivity], None]) -> None:
-        self.address, self.on_state = address, on_state
-
-    def request_connection(self) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
-
-
-class Factory(FactoryStub):
-    def __init__(self) -> None:
-        self.handles: dict[str, Handle] = {}
-
-    def create(self, endpoint: Endpoint, on_state: Callable[[Connectivity], None]) -> Handle:
-        self.handles[endpoint.address] = Handle(endpoint.address, on_state)
-        return self.handles[endpoint.address]
-
-
-class Checker:
-    def set_probing(self, on: bool) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def join(self, timeout: float) -> None:
-        pass
-
-
-class HealthFactory:
-    """Keeps the current checker's ``report`` per address (the test answers for it)."""
-
-    def __init__(self) -> None:
-        self.report: dict[str, Callable[[HealthReport], None]] = {}
-
-    def start(self, handle: Handle, config: Any, report: Callable[[HealthReport], None]) -> Checker:
-        self.report[handle.address] = report
-        return Checker()
-
-
-class NoTimers:
-    class Timer:
-        def cancel(self) -> None:
-            pass
-
-    def call_later(self, delay: float, fn: Callable[[], None]) -> Any:
-        return self.Timer()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Counting(Policy):

@@ -20,8 +20,7 @@ import pathlib
 import tracemalloc
 from typing import Any
 
-from helpers import wait_until
-from test_stress import Factory, NoTimers
+from helpers import Factory, NoTimers, wait_until
 
 import lbclient
 from lbclient import Connectivity, Endpoint, PickInfo

@@ -19,12 +19,11 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
-from helpers import ConnectionStub, FactoryStub, wait_until
+from helpers import Clock, Factory, HealthFactory, NoTimers, wait_until
 
 import lbclient
 from lbclient import (
@@ -48,68 +47,9 @@ STATES = [Connectivity.READY, Connectivity.READY, Connectivity.TRANSIENT_FAILURE
           Connectivity.IDLE, Connectivity.CONNECTING]
 
 
-class Handle(ConnectionStub):
-    def __init__(self, address: str, on_state: Callable[[Connectivity], None]) -> None:
-        self.address, self.on_state = address, on_state
-
-    def request_connection(self) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
-
-
-class Factory(FactoryStub):
-    def __init__(self) -> None:
-        self.handles: dict[str, Handle] = {}
-
-    def create(self, endpoint: Endpoint, on_state: Callable[[Connectivity], None]) -> Handle:
-        self.handles[endpoint.address] = Handle(endpoint.address, on_state)
-        return self.handles[endpoint.address]
-
-
-class Checker:
-    def set_probing(self, on: bool) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def join(self, timeout: float) -> None:
-        pass
-
-
-class HealthFactory:
-    """Keeps the latest ``report`` function per address: the driver answers for it."""
-
-    def __init__(self) -> None:
-        self.report: dict[str, Callable[[HealthReport], None]] = {}
-
-    def start(self, handle: Handle, config: Any, report: Callable[[HealthReport], None]) -> Checker:
-        self.report[handle.address] = report
-        return Checker()
-
-
-class NoTimers:
-    class Timer:
-        def cancel(self) -> None:
-            pass
-
-    def call_later(self, delay: float, fn: Callable[[], None]) -> Any:
-        return self.Timer()
-
-
 def _policy(raw: dict[str, Any]) -> Any:
     config = parse_service_config({"loadBalancingConfig": [raw]})
     return config.lb.spec, config.lb.config
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def _stress_balancer(policy_raw: dict[str, Any], seconds: float, seed: int, *,
