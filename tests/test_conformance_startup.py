@@ -79,6 +79,7 @@ def test_startup_spread(fleet: InteropFleet) -> None:
             for v, lines in results.items()}
     report = "; ".join(f"{v}: {full[v]}/{TRIALS} channels reached all {BACKENDS} "
                        f"({' | '.join(lines)})" for v, lines in results.items())
+    print(f"\nstart-up spread, first {CALLS} calls of {TRIALS} fresh channels: {report}")
     assert full["grpc"] >= NEEDED, f"the grpcio reference itself misses: {report}"
     assert full["lbclient-rr"] >= NEEDED, (
         f"first {CALLS} calls of a fresh channel must reach all {BACKENDS} backends in "
