@@ -278,15 +278,7 @@ class EndpointStats:
             self._record_extra(latency)
 
     def _record_extra(self, latency: float | None) -> None:
-        watcher = self._watcher
-        if watcher is not None:
-            watcher()
-        shared = self._shared
-        if shared is not None:
-            try:
-                shared.pop()
-            except IndexError:   # breakers were switched on while this call ran
-                pass
+        self._ended_extra()
         if self._track_peak and latency is not None:
             if latency < 0.0:
                 latency = 0.0
@@ -302,20 +294,24 @@ class EndpointStats:
         if self._idle_callback is not None:
             self._run_idle()
 
+    def _ended_extra(self) -> None:
+        """After a call left ``_active``: the watchers and the breaker token."""
+        watcher = self._watcher
+        if watcher is not None:
+            watcher()
+        shared = self._shared
+        if shared is not None:
+            try:
+                shared.pop()
+            except IndexError:   # breakers were switched on while this call ran
+                pass
+
     def discard(self) -> None:
         """Undo a :meth:`begin` whose call never started (a pick counted at pick time
         and then not used); the pick itself stays counted."""
         self._active.pop()
         if self._extra:
-            watcher = self._watcher
-            if watcher is not None:
-                watcher()
-            shared = self._shared
-            if shared is not None:
-                try:
-                    shared.pop()
-                except IndexError:   # breakers were switched on while this call ran
-                    pass
+            self._ended_extra()
             if self._idle_callback is not None:
                 self._run_idle()
 
