@@ -34,13 +34,13 @@ from collections.abc import Callable
 
 from ..health.options import ConcurrencyBudgetConfig, RateBudgetConfig, RetryBudgetConfig
 from ..method_config import RetryThrottling
-from .throttle import HELD, RetryCounts, RetryGate, RetryHold, RetryThrottle
+from .throttle import HELD, CountedGate, RetryCounts, RetryGate, RetryHold, RetryThrottle
 
 _SLOTS = 10            # the rate budget's window: ten slots of ttl / 10 (as Finagle's)
 _EPSILON = 1e-9
 
 
-class ConcurrencyRetryBudget:
+class ConcurrencyRetryBudget(CountedGate):
     """Envoy's ``retry_budget`` (``budgetPercent``, ``minRetryConcurrency``)."""
 
     __slots__ = ("config", "_active", "_clock", "_refresh", "_seen", "_lock", "_held",
@@ -73,14 +73,6 @@ class ConcurrencyRetryBudget:
     def in_flight(self) -> int:
         """Retries granted and not ended yet."""
         return len(self._held)
-
-    @property
-    def granted(self) -> int:
-        return self.counts.granted
-
-    @property
-    def refused(self) -> int:
-        return self.counts.refused
 
     def record_call(self) -> None:
         """Calls are counted by the channel (its attempts in flight), not here."""
@@ -115,7 +107,7 @@ class ConcurrencyRetryBudget:
                 f"minRetryConcurrency={self.config.min_retry_concurrency})")
 
 
-class RateRetryBudget:
+class RateRetryBudget(CountedGate):
     """Finagle's ``RetryBudget`` (``ttl``, ``minRetriesPerSec``, ``percentCanRetry``)."""
 
     __slots__ = ("config", "_clock", "_rate", "_index", "_calls", "_retries", "_reserve",
@@ -155,14 +147,6 @@ class RateRetryBudget:
         self._advance(int(self._clock() * self._rate))
         with self._lock:
             return self._balance_locked()
-
-    @property
-    def granted(self) -> int:
-        return self.counts.granted
-
-    @property
-    def refused(self) -> int:
-        return self.counts.refused
 
     def record_call(self) -> None:
         """A deposit (no lock: see the module docstring)."""

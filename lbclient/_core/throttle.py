@@ -59,6 +59,22 @@ class RetryCounts:
         return f"RetryCounts(granted={self.granted}, refused={self.refused})"
 
 
+class CountedGate:
+    """What every gate shares: its decisions, counted in a :class:`RetryCounts` (which
+    outlives the gate when the config changes)."""
+
+    __slots__ = ()
+    counts: RetryCounts
+
+    @property
+    def granted(self) -> int:
+        return self.counts.granted
+
+    @property
+    def refused(self) -> int:
+        return self.counts.refused
+
+
 class RetryGate(Protocol):
     """The channel's retry gate (see the module docstring for when each is called)."""
 
@@ -77,7 +93,7 @@ class RetryGate(Protocol):
     def end_retry(self, hold: RetryHold) -> None: ...
 
 
-class RetryThrottle:
+class RetryThrottle(CountedGate):
     """gRFC A6 ``retryThrottling`` (a :class:`RetryGate`)."""
 
     __slots__ = ("_lock", "_max", "_ratio", "_tokens", "counts")
@@ -121,14 +137,6 @@ class RetryThrottle:
     def tokens(self) -> float:
         with self._lock:
             return self._tokens / _MILLI
-
-    @property
-    def granted(self) -> int:
-        return self.counts.granted
-
-    @property
-    def refused(self) -> int:
-        return self.counts.refused
 
     def record_success(self) -> None:
         """A successful attempt gives back ``tokenRatio``. No lock: every successful
