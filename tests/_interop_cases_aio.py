@@ -162,7 +162,7 @@ async def timeout_on_sleeping_server(channel: grpc.aio.Channel, cleanup: Cleanup
     except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
         pass
     error = await expect_aio_error(call.read())
-    assert error.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert error.code() is grpc.StatusCode.DEADLINE_EXCEEDED, (error.code(), error.details())
     assert await call.code() is grpc.StatusCode.DEADLINE_EXCEEDED
 
 
