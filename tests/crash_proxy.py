@@ -18,7 +18,17 @@ import selectors
 import socket
 import struct
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from helpers import wait_ready, wait_until
+
+import lbclient
+from lbclient.testing import echo_pb2, echo_pb2_grpc
 
 _HOST = "127.0.0.1"
 _WAIT = 5.0
@@ -158,3 +168,67 @@ class CrashProxy:
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
+
+
+# ------------------------------------------------------------------ a kill under load
+@dataclass
+class KillRun:
+    """What :func:`kill_under_load` saw: successful calls per thread, the status codes of
+    failed calls, calls served while the victim was down, failed attempts on it, and the
+    retry gate's granted count (None without a gate)."""
+
+    ok: Counter[int]
+    errors: list[Any]
+    served_while_down: int
+    failed_attempts: int
+    granted: int | None
+
+
+def kill_under_load(fleet: Any, config: dict[str, Any], threads: int = 4) -> KillRun:
+    """``threads`` callers on a channel over ``fleet[0]``, a CrashProxy to ``fleet[1]``
+    (the victim) and ``fleet[2]``; the victim is crashed for 0.5 s under load, then
+    restarted, and the callers stop once it serves again (every wait bounded)."""
+    victim = fleet[1]
+    request = echo_pb2.EchoRequest(message="k")
+    with CrashProxy(victim.address) as proxy, lbclient.insecure_channel(
+            f"ipv4:{fleet[0].address},{proxy.address},{fleet[2].address}",
+            service_config=config) as ch:
+        wait_ready(ch, 3)
+        stub = echo_pb2_grpc.EchoStub(ch)
+        stop = threading.Event()
+        ok: Counter[int] = Counter()
+        errors: list[Any] = []
+        lock = threading.Lock()
+
+        def worker(n: int) -> None:
+            while not stop.is_set():
+                try:
+                    stub.Unary(request, timeout=5)
+                except grpc.RpcError as exc:
+                    with lock:
+                        errors.append(exc.code())
+                else:
+                    with lock:
+                        ok[n] += 1
+
+        pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+        for t in pool:
+            t.start()
+        try:
+            wait_until(lambda: victim.in_flight > 0, 5, message="load on the victim")
+            killed_at = sum(ok.values())
+            proxy.crash()                     # in-flight calls on it are cut off
+            time.sleep(0.5)
+            served_while_down = sum(ok.values()) - killed_at
+            failed_attempts = sum(e.failures for e in ch.endpoints()
+                                  if e.address == proxy.address)
+            proxy.restart()
+            fleet.reset_counters()
+            wait_until(lambda: victim.calls >= 3, 5, message="the victim back in rotation")
+        finally:
+            stop.set()
+            for t in pool:
+                t.join(10)
+        gate = ch._ctx.throttle
+        granted = getattr(gate, "granted", None) if gate is not None else None
+    return KillRun(ok, errors, served_while_down, failed_attempts, granted)

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
-from crash_proxy import CrashProxy
+from crash_proxy import kill_under_load
 from helpers import wait_ready, wait_until
 from retry_servers import retry_config
 
@@ -113,49 +113,10 @@ def test_a_killed_backend_costs_no_call_within_a_budget(fleet_factory: Any,
     """As tests/test_retry_kill.py, with a retry budget: the victim's connections are
     reset (a process kill, through a CrashProxy) while 4 threads call; no call fails."""
     fleet: Fleet = fleet_factory(3, latency=0.02)
-    victim = fleet[1]
-    config = budget_config(budget, initial="0.01s", maximum="0.1s")
-    with CrashProxy(victim.address) as proxy, lbclient.insecure_channel(
-            f"ipv4:{fleet[0].address},{proxy.address},{fleet[2].address}",
-            service_config=config) as ch:
-        wait_ready(ch, 3)
-        stub = echo_pb2_grpc.EchoStub(ch)
-        stop = threading.Event()
-        ok = Counter[int]()
-        errors: list[grpc.StatusCode] = []
-        lock = threading.Lock()
-
-        def worker(n: int) -> None:
-            while not stop.is_set():
-                try:
-                    stub.Unary(REQ, timeout=5)
-                except grpc.RpcError as exc:
-                    with lock:
-                        errors.append(exc.code())
-                else:
-                    with lock:
-                        ok[n] += 1
-
-        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
-        for t in threads:
-            t.start()
-        try:
-            wait_until(lambda: victim.in_flight > 0, 5, message="load on the victim")
-            proxy.crash()                     # in-flight calls on it are cut off
-            time.sleep(0.5)
-            failed_attempts = sum(e.failures for e in ch.endpoints()
-                                  if e.address == proxy.address)
-            proxy.restart()
-            fleet.reset_counters()
-            wait_until(lambda: victim.calls >= 3, 5, message="the victim back in rotation")
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(10)
-        gate = ch._ctx.throttle
-        assert errors == []
-        assert failed_attempts >= 1
-        assert gate is not None and gate.granted >= 1   # type: ignore[attr-defined]
+    run = kill_under_load(fleet, budget_config(budget, initial="0.01s", maximum="0.1s"))
+    assert run.errors == []
+    assert run.failed_attempts >= 1
+    assert run.granted is not None and run.granted >= 1
 
 
 def test_a_cancelled_future_gives_its_retry_back(fleet: Fleet) -> None:
