@@ -22,7 +22,6 @@ import math
 import os
 import platform
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+
+from lbclient.testing import _child
 
 T = TypeVar("T")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -225,35 +226,19 @@ class BackendProcess:
         ports = os.path.join(self._dir.name, "ports")
         cmd = [sys.executable, "-m", "lbclient.testing", "serve", "--count", str(self.count),
                "--ports-file", ports, *self.extra_args]
-        self._proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE)
-        deadline = time.monotonic() + self.start_timeout
         try:
-            while not os.path.exists(ports):
-                if self._proc.poll() is not None:
-                    err = self._proc.stderr.read().decode() if self._proc.stderr else ""
-                    raise RuntimeError(f"backend process exited: {err.strip()[-500:]}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"backends not serving after {self.start_timeout}s")
-                time.sleep(0.05)
-            with open(ports) as f:
-                self.addresses = [line.strip() for line in f if line.strip()]
+            self._proc, text = _child.spawn("backend process", cmd, ports,
+                                            self.start_timeout, cwd=REPO_ROOT)
         except BaseException:
             self.close()
             raise
+        self.addresses = [line.strip() for line in text.splitlines() if line.strip()]
         return self
 
     def close(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10.0)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10.0)
-        if proc is not None and proc.stderr is not None:
-            proc.stderr.close()
+        if proc is not None:
+            _child.stop(proc)
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None

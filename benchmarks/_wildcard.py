@@ -18,9 +18,10 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from concurrent import futures
 from typing import Any
+
+from lbclient.testing import _child
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,24 +43,14 @@ class WildcardBackend:
     def __enter__(self) -> WildcardBackend:
         self._dir = tempfile.TemporaryDirectory(prefix="lbclient-wildcard-")
         ports = os.path.join(self._dir.name, "port")
-        self._proc = subprocess.Popen([sys.executable, "-m", "benchmarks._wildcard", ports],
-                                      cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE)
-        deadline = time.monotonic() + self.start_timeout
         try:
-            while not os.path.exists(ports):
-                if self._proc.poll() is not None:
-                    err = self._proc.stderr.read().decode() if self._proc.stderr else ""
-                    raise RuntimeError(f"wildcard backend exited: {err.strip()[-500:]}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"wildcard backend not serving after "
-                                       f"{self.start_timeout}s")
-                time.sleep(0.05)
-            with open(ports) as f:
-                self.port = int(f.read().strip())
+            self._proc, text = _child.spawn(
+                "wildcard backend", [sys.executable, "-m", "benchmarks._wildcard", ports],
+                ports, self.start_timeout, cwd=REPO_ROOT)
         except BaseException:
             self.close()
             raise
+        self.port = int(text.strip())
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -67,15 +58,8 @@ class WildcardBackend:
 
     def close(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10.0)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10.0)
-        if proc is not None and proc.stderr is not None:
-            proc.stderr.close()
+        if proc is not None:
+            _child.stop(proc)
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None

@@ -33,8 +33,9 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Sequence
+
+from . import _child
 
 __all__ = ["ProcessBackend", "SilentServer"]
 
@@ -173,25 +174,14 @@ class ProcessBackend:
         ports = os.path.join(self._dir.name, "ports")
         cmd = [sys.executable, "-m", "lbclient.testing", "serve", "--count", str(count),
                "--ports-file", ports, *args]
-        self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE)
         self.frozen = False
-        self.addresses: list[str] = []
-        deadline = time.monotonic() + start_timeout
         try:
-            while not os.path.exists(ports):
-                if self._proc.poll() is not None:
-                    err = self._proc.stderr.read().decode() if self._proc.stderr else ""
-                    raise RuntimeError(f"backend process exited: {err.strip()[-500:]}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"backends not serving after {start_timeout}s")
-                time.sleep(0.05)
-            with open(ports) as f:
-                self.addresses = [line.strip() for line in f if line.strip()]
+            proc, text = _child.spawn("backend process", cmd, ports, start_timeout)
         except BaseException:
-            self.close()
+            self._dir.cleanup()
             raise
+        self._proc: subprocess.Popen[bytes] | None = proc
+        self.addresses = [line.strip() for line in text.splitlines() if line.strip()]
 
     @property
     def address(self) -> str:
@@ -234,17 +224,7 @@ class ProcessBackend:
         Idempotent; bounded (about 20 s at most)."""
         proc, self._proc = self._proc, None
         if proc is not None:
-            if proc.poll() is None:
-                if self.frozen:
-                    proc.send_signal(signal.SIGCONT)
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10.0)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10.0)
-            if proc.stderr is not None:
-                proc.stderr.close()
+            _child.stop(proc, self.frozen)
         self.frozen = False
         self._dir.cleanup()
 
